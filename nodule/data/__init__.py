@@ -1,0 +1,1 @@
+"""Data formats, manifests and synthetic data around the detection path."""

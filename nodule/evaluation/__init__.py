@@ -1,0 +1,1 @@
+"""LUNA16 FROC/CPM evaluation, cross-validation and reports."""

@@ -1,0 +1,39 @@
+"""Where shared reference data and generated data live.
+
+Reference data (LUNA16 tables, the real CT) is found through ``NODULE_DATA``
+(default ``../shared/data`` from the repository root). Generated data (synthetic
+sets, caches, shape banks) lives under ``NODULE_CACHE`` (default
+``~/.cache/nodule``), never inside the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The shared reference data folder (``$NODULE_DATA`` or ``../shared/data``)."""
+    env = os.environ.get("NODULE_DATA")
+    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder for generated data under ``$NODULE_CACHE`` (default ``~/.cache/nodule``), created."""
+    env = os.environ.get("NODULE_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "nodule"
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def luna16_dir() -> Path:
+    """The real LUNA16 reference tables (annotations, excluded, seriesuids, folds)."""
+    return data_dir() / "luna16"
+
+
+def real_ct_dir() -> Path:
+    """The one real chest CT DICOM series shipped as shared data."""
+    return data_dir() / "real_ct" / "cptac-lscc-c3n-00247"
