@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nodule.io import Volume, read_volume
 from nodule.paths import data_dir
 
 
@@ -34,3 +35,9 @@ def luna16_dir() -> Path:
 def real_ct_dir() -> Path:
     """$NODULE_DATA/real_ct/cptac-lscc-c3n-00247: one real chest CT DICOM series."""
     return _require(data_dir() / "real_ct" / "cptac-lscc-c3n-00247", "the real CT series")
+
+
+@pytest.fixture(scope="session")
+def real_ct_volume(real_ct_dir: Path) -> Volume:
+    """The real CT read once per test session (treat as read-only)."""
+    return read_volume(real_ct_dir)
