@@ -24,6 +24,7 @@ def evaluate(
     seriesuids: Path | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    max_marks_per_scan: int | None = 100,
 ) -> None:
     """Score a LUNA16 submission: FROC, CPM with a bootstrap CI, per-nodule and per-detection tables.
 
@@ -35,8 +36,21 @@ def evaluate(
         seriesuids: headerless list of the scans evaluated; default: scans in annotations or predictions.
         bootstrap: number of bootstrap resamples of scans for the 95% CI (0 turns it off).
         seed: seed of the bootstrap.
+        max_marks_per_scan: keep at most this many detections per scan, as the official
+            script does (100); ``null`` keeps all (use it to measure a candidate stage).
     """
-    raise NotImplementedError("filled in by the evaluation stage")
+    from nodule.evaluation.report import evaluate_files
+
+    evaluate_files(
+        predictions=predictions,
+        annotations=annotations,
+        out=out,
+        excluded=excluded,
+        seriesuids=seriesuids,
+        bootstrap=bootstrap,
+        seed=seed,
+        max_marks_per_scan=max_marks_per_scan,
+    )
 
 
 def manifest_lidc(
@@ -51,7 +65,110 @@ def manifest_lidc(
         jobs: worker processes.
         luna16: folder of the real LUNA16 tables to check the manifest against (default $NODULE_DATA/luna16).
     """
-    raise NotImplementedError("filled in by the LIDC manifest")
+    from nodule.data.lidc import manifest_report
+
+    print(manifest_report(out_dir=out_dir, jobs=jobs, luna16=luna16))
+
+
+def synth(
+    out: Path,
+    scans: int = 10,
+    seed: int = 0,
+    preset: str = "full",
+    format: str = "mhd",
+    jobs: int = 1,
+    slice_thickness: float | None = None,
+    pixel_spacing: float | None = None,
+    kernel: str | None = None,
+    noise: float | None = None,
+    shapes: str = "lidc",
+) -> None:
+    """Generate synthetic chest CT scans with nodules in the LUNA16 layout (resumable).
+
+    Args:
+        out: dataset folder: subsetK/<seriesuid>.mhd, annotations.csv, annotations_excluded.csv,
+            seriesuids.csv, folds/, manifest.csv, scans.csv, generator.json.
+        scans: number of scans.
+        seed: seed of the set; the same seed gives the same bytes.
+        preset: full (512 x 512, 100-400 slices) or small (128 x 128, ~50 slices, for tests).
+        format: mhd (compressed) or dicom (one folder per scan).
+        jobs: worker processes.
+        slice_thickness: fix the slice thickness of every scan, mm (default: drawn per scan).
+        pixel_spacing: fix the pixel size, mm (default: drawn per scan).
+        kernel: fix the reconstruction kernel (default: drawn per scan).
+        noise: fix the noise standard deviation, HU (default: drawn per scan).
+        shapes: nodule shapes from the LIDC shape bank (lidc) or lobulated ellipsoids.
+    """
+    from nodule.data.synth import run_synth
+
+    run_synth(
+        out=out, scans=scans, seed=seed, preset=preset, fmt=format, jobs=jobs,  # type: ignore[arg-type]
+        slice_thickness=slice_thickness, pixel_spacing=pixel_spacing, kernel=kernel,  # type: ignore[arg-type]
+        noise=noise, shapes=shapes,  # type: ignore[arg-type]
+    )
+
+
+def insert(
+    ct: Path,
+    out: Path,
+    scans: int = 20,
+    seed: int = 0,
+    excluded: Path | None = None,
+) -> None:
+    """Build the external test set: LIDC-shaped nodules inserted into variants of a real CT.
+
+    Args:
+        ct: the real scan (DICOM folder or .mhd/.mha/.nii(.gz) file).
+        out: output folder (LUNA16 layout: subsetK/<uid>.mhd, annotations.csv, ...).
+        scans: number of output scans (variants of the base, 1-4 nodules each).
+        seed: seed of every random step.
+        excluded: CSV of the base scan's known findings (seriesuid,coordX,coordY,coordZ,
+            diameter_mm[,description]); they go to annotations_excluded.csv and no nodule
+            is placed on them.
+    """
+    from nodule.data.insert import build_insert_dataset
+
+    build_insert_dataset(ct=ct, out=out, scans=scans, seed=seed, excluded=excluded)
+
+
+def candidates(
+    inputs: list[Path],
+    out: Path,
+    jobs: int = 1,
+    summary: Path | None = None,
+    max_per_scan: int = 150,
+    work_spacing_mm: float = 1.0,
+    progress: bool = True,
+) -> None:
+    """Detect nodule candidates (solid, subsolid, large solid, merged) in CT studies.
+
+    Args:
+        inputs: DICOM folders, .mhd/.mha/.nii(.gz) files, folders of them, or a LUNA16-layout folder.
+        out: candidate CSV (seriesuid,coordX,coordY,coordZ,probability,... : a LUNA16 submission).
+        jobs: studies processed in parallel.
+        summary: per-study summary CSV (default: <out stem>_summary.csv beside out).
+        max_per_scan: most candidates kept per study (best detector scores).
+        work_spacing_mm: isotropic voxel size the detectors work at, mm.
+        progress: show a progress bar.
+    """
+    from nodule.candidates.batch import run_batch
+    from nodule.candidates.detect import CandidateConfig
+
+    result = run_batch(
+        inputs,
+        out,
+        jobs=jobs,
+        summary=summary,
+        config=CandidateConfig(work_spacing_mm=work_spacing_mm, max_per_scan=max_per_scan),
+        progress=progress,
+    )
+    failed = result.summary[result.summary["status"] != "ok"]
+    print(
+        f"{len(result.summary) - len(failed)} of {len(result.summary)} studies, "
+        f"{len(result.candidates)} candidates -> {result.candidates_path}; summary -> {result.summary_path}"
+    )
+    for _, row in failed.iterrows():
+        print(f"failed: {row['error']}", file=sys.stderr)
 
 
 def demo(out: Path = Path("demo_out"), seed: int = 0) -> None:
@@ -69,6 +186,9 @@ def demo(out: Path = Path("demo_out"), seed: int = 0) -> None:
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
     "manifest": {"lidc": manifest_lidc},
+    "synth": synth,
+    "insert": insert,
+    "candidates": candidates,
     "demo": demo,
 }
 
