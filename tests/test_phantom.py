@@ -1,0 +1,147 @@
+"""The procedural chest CT phantom: geometry, determinism, anatomy, findings, scanner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nodule.data import anatomy as an
+from nodule.data.phantom import PhantomScan, generate_phantom
+from nodule.data.scanner import kernel_mtf, noise_filter
+from nodule.data.vessels import grow_tree, paint_capsules
+
+SEEDS = range(6)
+
+
+@pytest.fixture(scope="module")
+def scans() -> list[PhantomScan]:
+    return [generate_phantom(seed, 0, "small", shape_bank=None) for seed in SEEDS]
+
+
+def test_small_preset_geometry_and_hu(scans: list[PhantomScan]) -> None:
+    for s in scans:
+        v = s.volume
+        assert v.array.dtype == np.int16
+        assert v.shape[1:] == (128, 128) and 36 <= v.shape[0] <= 64
+        assert 2.0 <= v.spacing[0] <= 3.5 and v.spacing[0] == v.spacing[1]
+        lung = v.array[s.lung > 0]
+        assert -900 < np.median(lung) < -700
+        assert 1500 < s.meta["lung_volume_ml"] < 8000
+        assert s.lung.max() == 2 and (s.lung == 1).any()
+        assert v.array.min() >= -1024
+
+
+def test_same_seed_same_bytes_other_index_differs() -> None:
+    a = generate_phantom(11, 3, "small")
+    b = generate_phantom(11, 3, "small")
+    c = generate_phantom(11, 4, "small")
+    assert a.volume.array.tobytes() == b.volume.array.tobytes()
+    assert a.volume.series_uid == b.volume.series_uid != c.volume.series_uid
+    assert a.findings == b.findings
+    assert a.volume.array.shape != c.volume.array.shape or not np.array_equal(a.volume.array, c.volume.array)
+
+
+def _nodules(scans: list[PhantomScan]) -> list[tuple[PhantomScan, int]]:
+    out = [(s, i) for s in scans for i, f in enumerate(s.findings) if f.kind == "nodule"]
+    assert len(out) >= 3, "seeds should give some nodules"
+    return out
+
+
+def test_nodules_lie_in_the_lung_as_their_attachment_says(scans: list[PhantomScan]) -> None:
+    for s, i in _nodules(scans):
+        f = s.findings[i]
+        sp = s.volume.spacing_zyx
+        depth = ndimage.distance_transform_edt(s.lung > 0, sampling=sp)  # mm to the lung wall
+        vox = np.round(s.volume.world_to_voxel(f.center_xyz)[0]).astype(int)
+        tol = float(np.linalg.norm(sp)) / 2
+        d = depth[tuple(vox)]
+        r = f.diameter_mm / 2
+        # analytic check (exact) and voxel check (label map of the lung)
+        sd = an.lung_sd(s.plan, *(np.array([c]) for c in f.center_xyz))[0]
+        assert sd < 0, f
+        if f.attachment == "juxtapleural":
+            assert -r <= sd <= -0.3 * r + 1e-6 and d <= r + tol, f
+        else:
+            assert d > 0 or sd < -tol, f
+        if f.attachment in ("isolated", "perifissural"):
+            assert sd < -(r + 1.0) + 1e-6, f
+
+
+def test_rendered_diameter_matches_the_table(scans: list[PhantomScan]) -> None:
+    for s, i in _nodules(scans):
+        f = s.findings[i]
+        slices, occ = s.occupancy[f.finding_id]
+        voxel = float(np.prod(s.volume.spacing))
+        d_eq = (6.0 * occ.sum() * voxel / np.pi) ** (1 / 3)
+        assert d_eq == pytest.approx(f.diameter_mm, rel=0.12), f
+        assert (s.labels[slices][occ >= 0.5] == f.finding_id).all()
+
+
+def test_excluded_findings_are_disjoint_from_nodules(scans: list[PhantomScan]) -> None:
+    n_excluded = 0
+    for s in scans:
+        nods = [f for f in s.findings if f.kind == "nodule"]
+        for e in (f for f in s.findings if f.kind != "nodule"):
+            n_excluded += 1
+            assert e.kind == "non_nodule" or 0 < e.diameter_mm < 3.0
+            assert e.kind != "non_nodule" or e.diameter_mm == -1
+            for n in nods:
+                gap = np.linalg.norm(np.subtract(e.center_xyz, n.center_xyz))
+                assert gap > n.diameter_mm / 2 + 2.0
+    assert n_excluded > 0
+
+
+def test_scanner_settings_can_be_fixed() -> None:
+    s = generate_phantom(2, 0, "small", slice_thickness=3.0, pixel_spacing=2.8, kernel="sharp", noise=25.0)
+    assert s.volume.spacing == (2.8, 2.8, 3.0)
+    assert s.scanner.kernel == "sharp" and s.scanner.noise_hu == 25.0
+    assert s.volume.info.slice_thickness == 3.0
+
+
+def test_noise_filter_has_unit_variance_and_sharp_kernel_passes_more_detail() -> None:
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal((64, 256, 256))
+    for kernel in ("soft", "standard", "sharp"):
+        g = noise_filter(kernel, (256, 256), 0.7)  # type: ignore[arg-type]
+        noise = np.fft.irfft2(np.fft.rfft2(white) * g, s=(256, 256))
+        assert noise.std() == pytest.approx(1.0, rel=0.05)
+    soft, sharp = kernel_mtf("soft", (256, 256), 0.7), kernel_mtf("sharp", (256, 256), 0.7)
+    assert sharp[0, 80] > soft[0, 80] and sharp.max() > 1.0  # edge enhancement
+
+
+def test_capsules_render_with_partial_volume() -> None:
+    step = np.array([0.7, 0.7, 0.7])
+    for r in (0.5, 1.0, 3.0):
+        out = np.zeros((20, 40, 40), np.float32)
+        caps = np.array([[-5.0, 14.0, 7.0, 30.0, 14.0, 7.0, r, r]])
+        paint_capsules(out, np.zeros(3), step, caps, edge=0.7)
+        area = out[:, :, 20].sum() * 0.7 * 0.7  # cross-section of a tube along x
+        assert area == pytest.approx(np.pi * r * r, rel=0.35 if r < 1 else 0.1)
+        assert out.max() <= 1.0
+
+
+def test_vessel_tree_tapers_by_murray_and_stays_in_the_lung() -> None:
+    rng = np.random.default_rng(0)
+    plan = an.sample_body_plan(rng)
+    pts = an.sample_lung_points(plan, rng, 1500, side=-1, max_sd=-1.0)
+    root = np.array([plan.cx - plan.med_half_width - 10, plan.cy, plan.z_carina - 14])
+    tree = grow_tree(root, pts, 0.35, rng)
+    assert 3.5 < tree.radius[0] < 5.5 and tree.radius.min() == pytest.approx(0.35)
+    kids = [np.nonzero(tree.parent == i)[0] for i in range(len(tree.radius)) if tree.count[i] > 1]
+    for i, k in zip((i for i in range(len(tree.radius)) if tree.count[i] > 1), kids, strict=True):
+        assert len(k) == 2
+        assert tree.radius[i] ** 3 == pytest.approx((tree.radius[k] ** 3).sum())
+    ends = tree.end[tree.count == 1]
+    assert (an.lung_sd(plan, ends[:, 0], ends[:, 1], ends[:, 2]) < 0).mean() > 0.99
+    inside = an.lung_sd(plan, tree.end[:, 0], tree.end[:, 1], tree.end[:, 2]) < 2.0
+    assert inside.mean() > 0.95
+
+
+def test_segment_lungs_agrees_with_the_generator_label(scans: list[PhantomScan]) -> None:
+    lung_mod = pytest.importorskip("nodule.lung")
+    for s in scans[:2]:
+        seg = lung_mod.segment_lungs(s.volume).lungs
+        gt = s.lung > 0
+        dice = 2 * (seg & gt).sum() / (seg.sum() + gt.sum())
+        assert dice > 0.95
