@@ -1,0 +1,187 @@
+"""LIDC shape bank (split by patient) and nodule rendering with partial volume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nodule.data.shapes import (
+    CALCIUM_HU,
+    GROUND_GLASS_HU,
+    NODULE_TYPES,
+    PART_SOLID_RIM_HU,
+    SOLID_HU,
+    NoduleShape,
+    ShapeBank,
+    blend,
+    load_shape_bank,
+    nodule_type_from_ratings,
+    part_of_patient,
+    random_rotation,
+    render_nodule,
+)
+from nodule.io import Volume
+
+N_PATIENTS = 6
+
+
+@pytest.fixture(scope="module")
+def banks() -> tuple[ShapeBank, ShapeBank]:
+    return load_shape_bank("synth", max_patients=N_PATIENTS), load_shape_bank(
+        "insert", max_patients=N_PATIENTS
+    )
+
+
+@pytest.fixture(scope="module")
+def shape(banks: tuple[ShapeBank, ShapeBank]) -> NoduleShape:
+    return banks[0].sample(np.random.default_rng(3), diameter_mm=12.0)
+
+
+def _grid(spacing: tuple[float, float, float], extent_mm: float = 36.0) -> Volume:
+    n = tuple(round(extent_mm / s) for s in spacing[::-1])
+    return Volume(np.full(n, -850.0, np.float32), spacing, (-18.0, -18.0, -18.0))
+
+
+def test_bank_parts_disjoint_by_patient(banks: tuple[ShapeBank, ShapeBank]) -> None:
+    synth, insert = banks
+    assert len(synth) > 0 and len(insert) > 0
+    assert not synth.patients & insert.patients
+    assert len(synth.patients | insert.patients) == N_PATIENTS
+    assert all(part_of_patient(p) == "synth" for p in synth.patients)
+    assert all(part_of_patient(p) == "insert" for p in insert.patients)
+    s = synth[0]
+    assert s.mask.dtype == bool and s.mask.ndim == 3
+    vol = s.mask.sum() * s.spacing_mm**3
+    assert s.diameter_mm == pytest.approx((6 * vol / math.pi) ** (1 / 3))
+    assert s.diameter_mm >= 2.0
+    # cropped: mask touches within one voxel of every face
+    nz = np.argwhere(s.mask)
+    assert (nz.min(axis=0) <= 2).all() and (np.array(s.mask.shape) - nz.max(axis=0) <= 3).all()
+
+
+def test_sample_by_type_and_seed(banks: tuple[ShapeBank, ShapeBank]) -> None:
+    synth = banks[0]
+    a = synth.sample(np.random.default_rng(0), "solid")
+    b = synth.sample(np.random.default_rng(0), "solid")
+    assert a.annotation_id == b.annotation_id
+    assert a.nodule_type == "solid"
+
+
+def test_type_mapping() -> None:
+    assert nodule_type_from_ratings(5, 6) == "solid"
+    assert nodule_type_from_ratings(4, 6) == "solid"
+    assert nodule_type_from_ratings(3, 6) == "part-solid"
+    assert nodule_type_from_ratings(2, 6) == "part-solid"
+    assert nodule_type_from_ratings(1, 6) == "ground-glass"
+    assert all(
+        nodule_type_from_ratings(t, c) == "calcified" for t in range(1, 6) for c in range(1, 6)
+    )
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 2.5), (0.5, 0.5, 0.5)])
+@pytest.mark.parametrize("diameter", [6.0, 14.0])
+def test_equivalent_diameter_and_partial_volume(
+    shape: NoduleShape, spacing: tuple[float, float, float], diameter: float
+) -> None:
+    grid = _grid(spacing)
+    rng = np.random.default_rng(0)
+    r = render_nodule(shape, diameter, "solid", random_rotation(rng), (0.3, -0.2, 0.4), grid, rng)
+    occ = r.occupancy
+    assert occ.dtype == np.float32 and occ.min() >= 0.0 and occ.max() <= 1.0
+    assert ((occ > 0.05) & (occ < 0.95)).sum() > 10  # a partial-volume edge
+    assert (occ == 1.0).any()
+    d = (6 * occ.sum() * np.prod(spacing) / math.pi) ** (1 / 3)
+    assert d == pytest.approx(diameter, rel=0.1)
+    # centred where asked: occupancy-weighted centroid within a voxel
+    idx = np.argwhere(occ > 0)
+    w = occ[occ > 0]
+    c = (idx * w[:, None]).sum(0) / w.sum() + np.array([s.start for s in r.slices])
+    world = grid.voxel_to_world([c])[0]
+    assert np.allclose(world, (0.3, -0.2, 0.4), atol=max(spacing) * 1.01)
+
+
+def test_psf_blur_keeps_volume(shape: NoduleShape) -> None:
+    grid = _grid((0.7, 0.7, 2.5))
+    sharp = render_nodule(shape, 8.0, "solid", np.eye(3), (0, 0, 0), grid, np.random.default_rng(0))
+    soft = render_nodule(
+        shape, 8.0, "solid", np.eye(3), (0, 0, 0), grid, np.random.default_rng(0), psf_sigma_mm=0.6
+    )
+    assert soft.occupancy.sum() == pytest.approx(sharp.occupancy.sum(), rel=0.01)
+    partial = (soft.occupancy > 0.02) & (soft.occupancy < 0.98)
+    assert partial.sum() > ((sharp.occupancy > 0.02) & (sharp.occupancy < 0.98)).sum()
+
+
+def test_rotation_invariance_of_volume(shape: NoduleShape) -> None:
+    grid = _grid((0.7, 0.7, 2.5))
+    rng = np.random.default_rng(1)
+    volumes = [
+        render_nodule(
+            shape, 10.0, "solid", random_rotation(rng), (0, 0, 0), grid, rng
+        ).occupancy.sum()
+        for _ in range(4)
+    ]
+    assert np.ptp(volumes) / np.mean(volumes) < 0.05
+
+
+def test_hu_ranges_by_type(shape: NoduleShape) -> None:
+    grid = _grid((0.7, 0.7, 1.0))
+    rot = np.eye(3)
+    for t in NODULE_TYPES:
+        r = render_nodule(shape, 14.0, t, rot, (0, 0, 0), grid, np.random.default_rng(2))
+        inside = r.hu[r.occupancy > 0.99]
+        if t == "solid":
+            assert SOLID_HU[0] <= inside.min() and inside.max() <= SOLID_HU[1]
+        elif t == "ground-glass":
+            assert GROUND_GLASS_HU[0] <= inside.min() and inside.max() <= GROUND_GLASS_HU[1]
+        elif t == "part-solid":
+            solid = inside > SOLID_HU[0]
+            rim = inside <= PART_SOLID_RIM_HU[1]
+            assert solid.any() and rim.any()
+            assert inside.min() >= PART_SOLID_RIM_HU[0]
+        else:
+            assert CALCIUM_HU[0] <= inside.max() <= CALCIUM_HU[1]
+            assert inside.min() >= SOLID_HU[0]
+
+
+def test_deterministic(shape: NoduleShape) -> None:
+    grid = _grid((0.7, 0.7, 2.5))
+    out = [
+        render_nodule(
+            shape,
+            8.0,
+            "part-solid",
+            random_rotation(np.random.default_rng(5)),
+            (1, 2, 3),
+            grid,
+            np.random.default_rng(5),
+        )
+        for _ in range(2)
+    ]
+    assert out[0].slices == out[1].slices
+    assert np.array_equal(out[0].occupancy, out[1].occupancy)
+    assert np.array_equal(out[0].hu, out[1].hu)
+
+
+def test_blend_keeps_denser_tissue(shape: NoduleShape) -> None:
+    grid = _grid((0.7, 0.7, 2.5))
+    base = grid.array.copy()
+    base[:, :, 25] = 200.0  # a dense vessel through the nodule
+    r = render_nodule(
+        shape, 12.0, "ground-glass", np.eye(3), (0, 0, 0), grid, np.random.default_rng(0)
+    )
+    out = blend(base, r)
+    assert np.array_equal(out[:, :, 25], base[:, :, 25])
+    changed = out != base
+    inside = np.zeros(base.shape, bool)
+    inside[r.slices] = r.occupancy > 0
+    assert changed.any() and not (changed & ~inside).any()
+    assert (out >= base).all()
+
+
+def test_render_outside_grid_is_empty(shape: NoduleShape) -> None:
+    grid = _grid((1.0, 1.0, 1.0))
+    r = render_nodule(shape, 6.0, "solid", np.eye(3), (500, 0, 0), grid, np.random.default_rng(0))
+    assert r.occupancy.size == 0
+    assert np.array_equal(blend(grid.array, r), grid.array)
