@@ -6,6 +6,10 @@ Stages (each prints a short summary and writes under ``out``):
    checked against the real LUNA16 ``annotations.csv``.
 2. Evaluation: a seeded sample submission over the real LUNA16 tables, scored by the
    LUNA16-exact evaluator (FROC, CPM, bootstrap CI).
+3. Synthetic set: ``small`` chest CT phantoms with LIDC-shaped nodules (``nodule synth``),
+   from a demo-sized LIDC shape bank.
+4. External set: nodules inserted into the real CT (``nodule insert``), with its known
+   finding excluded.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from nodule.paths import luna16_dir
 
 
-def _stage(title: str, run: Callable[[], None]) -> None:
+def _stage(title: str, run: Callable[[], object]) -> None:
     print(f"\n== {title} ==", flush=True)
     start = time.perf_counter()
     run()
@@ -61,6 +65,87 @@ def sample_evaluation_stage(out: Path, seed: int) -> None:
     print(f"report: {out / 'summary.txt'}, plot: {out / 'froc.png'}")
 
 
+DEMO_SHAPE_PATIENTS = 40
+
+
+def _picture_of_first_scan_with_nodules(dataset: Path, path: Path) -> Path | None:
+    import pandas as pd
+
+    from nodule.io import read_volume
+    from nodule.viz import render_findings
+
+    manifest = pd.read_csv(dataset / "manifest.csv")
+    nodules = manifest[manifest["kind"] == "nodule"]
+    if nodules.empty:
+        return None
+    uid = str(nodules["seriesuid"].iloc[0])
+    image = next(dataset.glob(f"subset*/{uid}.mhd"))
+    rows = nodules[nodules["seriesuid"] == uid].assign(label=nodules.get("nodule_type", "nodule"))
+    return render_findings(read_volume(image), rows, path)
+
+
+def _dataset_summary(dataset: Path) -> str:
+    import pandas as pd
+
+    manifest = pd.read_csv(dataset / "manifest.csv")
+    scans = pd.read_csv(dataset / "scans.csv")
+    nodules = manifest[manifest["kind"] == "nodule"]
+    types = nodules["nodule_type"].value_counts().to_dict() if "nodule_type" in nodules else {}
+    places = next(
+        (nodules[c].value_counts().to_dict() for c in ("attachment", "placement") if c in nodules),
+        {},
+    )
+    diam = nodules["diameter_mm"]
+    return (
+        f"{len(scans)} scans, {len(nodules)} nodules ({len(nodules) / max(len(scans), 1):.2f} a scan), "
+        f"{len(manifest) - len(nodules)} excluded findings\n"
+        f"types: {types}\nlocations: {places}\n"
+        f"diameter median {diam.median():.1f} mm, range {diam.min():.1f}-{diam.max():.1f} mm"
+    )
+
+
+def synth_stage(out: Path, seed: int, scans: int = 10) -> Path:
+    """Generate a small synthetic set, print its summary and a picture path."""
+    from nodule.data.synth import run_synth
+
+    run_synth(
+        out=out,
+        scans=scans,
+        seed=seed,
+        preset="small",
+        jobs=2,
+        shape_patients=DEMO_SHAPE_PATIENTS,
+        progress=False,
+    )
+    print(f"synthetic set: {out}")
+    print(_dataset_summary(out))
+    picture = _picture_of_first_scan_with_nodules(out, out / "pictures" / "nodules.png")
+    print(f"picture: {picture}")
+    return out
+
+
+def insert_stage(out: Path, seed: int, scans: int = 2) -> Path:
+    """Insert held-out LIDC shapes into variants of the real CT; print the summary and a picture."""
+    from nodule.data.insert import build_insert_dataset
+    from nodule.data.shapes import load_shape_bank
+    from nodule.paths import REPO_ROOT, real_ct_dir
+
+    bank = load_shape_bank("insert", max_patients=DEMO_SHAPE_PATIENTS, jobs=2)
+    build_insert_dataset(
+        real_ct_dir(),
+        out,
+        scans=scans,
+        seed=seed,
+        excluded=REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv",
+        bank=bank,
+    )
+    print(f"external set (one real patient's anatomy, {scans} variants): {out}")
+    print(_dataset_summary(out))
+    picture = _picture_of_first_scan_with_nodules(out, out / "pictures" / "nodules.png")
+    print(f"picture: {picture}")
+    return out
+
+
 def run_demo(out: Path, seed: int = 0) -> None:
     """Run every demo stage in order, writing under ``out``.
 
@@ -78,5 +163,13 @@ def run_demo(out: Path, seed: int = 0) -> None:
     _stage(
         "2. LUNA16 evaluation of a sample submission",
         lambda: sample_evaluation_stage(out / "evaluation", seed),
+    )
+    _stage(
+        "3. Synthetic chest CT (nodule synth, small preset)",
+        lambda: synth_stage(out / "synth", seed),
+    )
+    _stage(
+        "4. External set: nodules inserted into the real CT",
+        lambda: insert_stage(out / "external", seed),
     )
     print(f"\nnodule demo done: outputs in {out}")
