@@ -1,0 +1,280 @@
+"""Candidate detectors on a small analytic chest phantom, merging, CSV round trip, real lesion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nodule.candidates import (
+    CANDIDATE_COLUMNS,
+    CandidateConfig,
+    detect_candidates,
+    detect_large_solid,
+    detect_solid,
+    detect_subsolid,
+    merge_candidates,
+)
+from nodule.io import SeriesInfo, Volume
+
+SPACING_XYZ = (0.8, 0.8, 1.6)
+ORIGIN = (-100.0, -150.0, -300.0)
+SHAPE_MM = (90.0, 150.0, 220.0)  # z, y, x extent
+LUNG_SEMI = (40.0, 50.0, 38.0)  # z, y, x semi-axes of each lung
+LUNG_CENTRES = {1: (45.0, 75.0, 60.0), 2: (45.0, 75.0, 160.0)}
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """An analytic chest phantom: HU volume, lung labels (without attached masses) and objects (mm, z y x)."""
+
+    volume: Volume
+    labels: np.ndarray
+    objects: dict[str, tuple[tuple[float, float, float], float]]  # name -> (centre zyx mm, diameter)
+
+
+def _lung_boundary_x(centre: tuple[float, float, float], z: float, y: float, side: int) -> float:
+    cz, cy, cx = centre
+    f = np.sqrt(1.0 - ((z - cz) / LUNG_SEMI[0]) ** 2 - ((y - cy) / LUNG_SEMI[1]) ** 2)
+    return cx + side * LUNG_SEMI[2] * f
+
+
+def make_phantom(seed: int = 0) -> Phantom:
+    """Two ellipsoid lungs in a soft-tissue body with a solid nodule, a ground-glass nodule,
+    a straight solid vessel, a straight ground-glass-density tube, and two 18-20 mm masses
+    attached to the lateral chest wall and to the mediastinum."""
+    sx, sy, sz = SPACING_XYZ
+    n = [round(SHAPE_MM[0] / sz), round(SHAPE_MM[1] / sy), round(SHAPE_MM[2] / sx)]
+    z, y, x = np.meshgrid(*(np.arange(k) * s for k, s in zip(n, (sz, sy, sx), strict=True)), indexing="ij")
+    z, y, x = z.astype(np.float32), y.astype(np.float32), x.astype(np.float32)
+    h = 0.8  # edge width, mm
+
+    def occ(dist: np.ndarray) -> np.ndarray:  # signed distance (negative inside) -> occupancy
+        return np.clip(0.5 - dist / h, 0.0, 1.0)
+
+    hu = np.full(n, -1000.0, np.float32)
+    body = ((y - 75.0) / 72.0) ** 2 + ((x - 110.0) / 108.0) ** 2 <= 1.0
+    hu[body] = 40.0
+    labels = np.zeros(n, np.uint8)
+    for label, (cz, cy, cx) in LUNG_CENTRES.items():
+        r = np.sqrt(((z - cz) / LUNG_SEMI[0]) ** 2 + ((y - cy) / LUNG_SEMI[1]) ** 2 + ((x - cx) / LUNG_SEMI[2]) ** 2)
+        o = occ((r - 1.0) * 38.0)
+        hu = hu * (1 - o) - 850.0 * o
+        labels[r <= 1.0] = label
+
+    def ball(c: tuple[float, float, float], d: float, value: float) -> np.ndarray:
+        nonlocal hu
+        o = occ(np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) - d / 2)
+        hu = hu * (1 - o) + value * o
+        return o >= 0.5
+
+    def tube_z(cy: float, cx: float, d: float, value: float, z0: float, z1: float) -> None:
+        nonlocal hu
+        radial = np.sqrt((y - cy) ** 2 + (x - cx) ** 2) - d / 2
+        along = np.maximum(z0 - z, z - z1)
+        o = occ(np.maximum(radial, along)) * (labels > 0)
+        hu = hu * (1 - o) + value * o
+
+    objects: dict[str, tuple[tuple[float, float, float], float]] = {}
+    objects["solid"] = ((30.0, 55.0, 60.0), 6.0)
+    ball(*objects["solid"], 20.0)
+    objects["ggo"] = ((60.0, 50.0, 48.0), 12.0)
+    ball(*objects["ggo"], -550.0)
+    objects["vessel"] = ((45.0, 95.0, 62.0), 6.0)  # along z through the whole right lung
+    tube_z(95.0, 62.0, 6.0, 40.0, 0.0, 90.0)
+    objects["ggo_tube"] = ((45.0, 80.0, 75.0), 12.0)  # ground-glass density, 60 mm long
+    tube_z(80.0, 75.0, 12.0, -550.0, 15.0, 75.0)
+    zc, yc = 50.0, 95.0
+    objects["wall_mass"] = ((zc, yc, _lung_boundary_x(LUNG_CENTRES[2], zc, yc, +1) - 5.0), 20.0)
+    wall = ball(*objects["wall_mass"], 30.0)
+    zc, yc = 30.0, 70.0
+    objects["mediastinal_mass"] = ((zc, yc, _lung_boundary_x(LUNG_CENTRES[2], zc, yc, -1) + 4.0), 18.0)
+    med = ball(*objects["mediastinal_mass"], 30.0)
+    labels[wall | med] = 0  # a lung mask cuts attached masses away
+    hu += np.random.default_rng(seed).normal(0.0, 20.0, hu.shape).astype(np.float32)
+    volume = Volume(
+        array=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
+        spacing=SPACING_XYZ,
+        origin=ORIGIN,
+        info=SeriesInfo(series_uid="1.2.826.0.1.3680043.8.498.1"),
+    )
+    return Phantom(volume, labels, objects)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom()
+
+
+@pytest.fixture(scope="module")
+def work(phantom: Phantom) -> tuple[np.ndarray, np.ndarray]:
+    """The phantom at 1 mm isotropic (array, labels) on a grid starting at the phantom's corner."""
+    from nodule.io import resample, resample_like
+
+    w = resample(phantom.volume, (1.0, 1.0, 1.0))
+    lab = resample_like(phantom.volume.with_array(phantom.labels), w, is_mask=True)
+    return w.array.astype(np.float32), lab.array
+
+
+@pytest.fixture(scope="module")
+def result(phantom: Phantom) -> pd.DataFrame:
+    return detect_candidates(phantom.volume, phantom.labels).candidates
+
+
+def _world(phantom: Phantom, name: str) -> np.ndarray:
+    (cz, cy, cx), _ = phantom.objects[name]
+    return np.array([ORIGIN[0] + cx, ORIGIN[1] + cy, ORIGIN[2] + cz])
+
+
+def _distances_mm(det: pd.DataFrame, centre_mm: tuple[float, float, float]) -> np.ndarray:
+    # work grid: 1 mm voxels whose corner is the phantom's corner (centre of voxel 0 at 0.5 mm - half a phantom voxel)
+    offset = np.array([0.5 - SPACING_XYZ[2] / 2, 0.5 - SPACING_XYZ[1] / 2, 0.5 - SPACING_XYZ[0] / 2])
+    pts = det[["z", "y", "x"]].to_numpy(dtype=float) + offset
+    return np.sqrt(((pts - np.asarray(centre_mm)) ** 2).sum(axis=1))
+
+
+def test_solid_finds_nodule_not_vessel(phantom: Phantom, work: tuple[np.ndarray, np.ndarray]) -> None:
+    array, labels = work
+    det = detect_solid(array, labels > 0, (1.0, 1.0, 1.0))
+    hit = _distances_mm(det, phantom.objects["solid"][0]) < 3.0
+    assert hit.any()
+    best = det[hit].iloc[0]
+    assert best["score"] > 0.5
+    assert 4.0 < best["diameter_mm"] < 8.5
+    assert best["elongation"] < 1.5
+    (_, vy, vx), d = phantom.objects["vessel"]
+    pts = det[["z", "y", "x"]].to_numpy(dtype=float)
+    along = (pts[:, 0] > 15) & (pts[:, 0] < 75)  # away from where the tube leaves the lung
+    near_axis = np.hypot(pts[:, 1] - vy, pts[:, 2] - vx) < d
+    assert not (along & near_axis).any()
+
+
+def test_subsolid_finds_ggo_not_tube(phantom: Phantom, work: tuple[np.ndarray, np.ndarray]) -> None:
+    array, labels = work
+    det = detect_subsolid(array, labels > 0, (1.0, 1.0, 1.0))
+    hit = _distances_mm(det, phantom.objects["ggo"][0]) < 3.0
+    assert hit.any()
+    assert 8.0 < det[hit].iloc[0]["diameter_mm"] < 14.0
+    assert -700 < det[hit].iloc[0]["mean_hu"] < -450
+    for name in ("ggo_tube", "vessel"):
+        (_, ty, tx), d = phantom.objects[name]
+        pts = det[["z", "y", "x"]].to_numpy(dtype=float)
+        assert not (np.hypot(pts[:, 1] - ty, pts[:, 2] - tx) < d).any(), name
+
+
+@pytest.mark.parametrize("name", ["wall_mass", "mediastinal_mass"])
+def test_large_solid_finds_attached_masses(phantom: Phantom, work: tuple[np.ndarray, np.ndarray], name: str) -> None:
+    array, labels = work
+    det = detect_large_solid(array, labels, (1.0, 1.0, 1.0))
+    centre, diameter = phantom.objects[name]
+    dist = _distances_mm(det, centre)
+    assert (dist < diameter / 2).any()
+    assert det[dist < diameter / 2].iloc[0]["diameter_mm"] >= 10.0
+
+
+def test_large_solid_ignores_vessel(phantom: Phantom, work: tuple[np.ndarray, np.ndarray]) -> None:
+    array, labels = work
+    det = detect_large_solid(array, labels, (1.0, 1.0, 1.0))
+    (_, vy, vx), d = phantom.objects["vessel"]
+    pts = det[["z", "y", "x"]].to_numpy(dtype=float)
+    assert not (np.hypot(pts[:, 1] - vy, pts[:, 2] - vx) < d).any()
+
+
+def test_detect_candidates_hits_every_nodule(phantom: Phantom, result: pd.DataFrame) -> None:
+    assert list(result.columns) == list(CANDIDATE_COLUMNS)
+    assert result["probability"].between(0, 1).all()
+    assert (result["seriesuid"] == phantom.volume.series_uid).all()
+    xyz = result[["coordX", "coordY", "coordZ"]].to_numpy()
+    expected = {"solid": "solid", "ggo": "subsolid", "wall_mass": "large_solid", "mediastinal_mass": "large_solid"}
+    for name, detector in expected.items():
+        dist = np.linalg.norm(xyz - _world(phantom, name), axis=1)
+        radius = phantom.objects[name][1] / 2
+        assert (dist < radius).any(), name
+        assert detector in result.loc[dist < radius, "detectors"].str.cat(sep="+"), name
+    # voxel columns are the world centres in the study's own voxels
+    vox = phantom.volume.world_to_voxel(xyz)
+    np.testing.assert_allclose(result[["voxelZ", "voxelY", "voxelX"]].to_numpy(), vox, atol=1e-6)
+
+
+def test_candidate_budget(phantom: Phantom) -> None:
+    res = detect_candidates(phantom.volume, phantom.labels, CandidateConfig(max_per_scan=3))
+    assert len(res.candidates) == 3
+    assert res.candidates["probability"].is_monotonic_decreasing
+    assert set(res.seconds) >= {"lung", "resample", "solid", "subsolid", "large_solid", "merge"}
+
+
+def test_merge_by_distance() -> None:
+    table = pd.DataFrame(
+        {
+            "coordX": [0.0, 3.0, 6.0, 50.0, 100.0],
+            "coordY": [0.0] * 5,
+            "coordZ": [0.0] * 5,
+            "score": [0.2, 0.9, 0.5, 0.4, 0.1],
+            "detector": ["solid", "large_solid", "subsolid", "solid", "subsolid"],
+        }
+    )
+    merged = merge_candidates(table, 4.0)
+    assert len(merged) == 3  # 0-3-6 chain into one group
+    top = merged.iloc[0]
+    assert top["coordX"] == 3.0 and top["score"] == 0.9
+    assert top["detectors"] == "large_solid+solid+subsolid" and top["n_merged"] == 3
+    assert merged["score"].tolist() == [0.9, 0.4, 0.1]
+    assert len(merge_candidates(table.iloc[:0], 4.0)) == 0
+
+
+def test_csv_is_a_submission_that_scores(phantom: Phantom, result: pd.DataFrame, tmp_path: Path) -> None:
+    from nodule.data.luna16 import read_submission, write_submission
+    from nodule.evaluation.froc import evaluate_froc
+
+    path = write_submission(result, tmp_path / "candidates.csv")
+    assert path.read_text().splitlines()[0].startswith("seriesuid,coordX,coordY,coordZ,probability,")
+    back = read_submission(path)
+    assert len(back) == len(result)
+    np.testing.assert_allclose(back[["coordX", "coordY", "coordZ"]].to_numpy(), result[["coordX", "coordY", "coordZ"]].to_numpy())
+    names = ["solid", "ggo", "wall_mass", "mediastinal_mass"]
+    annotations = pd.DataFrame(
+        [
+            {"seriesuid": phantom.volume.series_uid, "coordX": w[0], "coordY": w[1], "coordZ": w[2], "diameter_mm": phantom.objects[k][1]}
+            for k in names
+            for w in [_world(phantom, k)]
+        ]
+    )
+    res = evaluate_froc(back, annotations, n_bootstrap=0, max_marks_per_scan=None)
+    assert res.n_nodules == len(names)
+    assert res.n_hits == len(names)
+
+
+@pytest.mark.slow
+def test_real_lesion_is_hit(real_ct_volume: Volume) -> None:
+    manifest = Path(__file__).resolve().parents[1] / "data_manifests" / "real_ct_known_findings.csv"
+    if not manifest.exists():
+        pytest.skip(f"{manifest} not found")
+    findings = pd.read_csv(manifest)
+    findings = findings[findings["seriesuid"] == real_ct_volume.series_uid]
+    assert len(findings)
+    cands = detect_candidates(real_ct_volume).candidates
+    assert len(cands) <= CandidateConfig().max_per_scan
+    xyz = cands[["coordX", "coordY", "coordZ"]].to_numpy()
+    for _, f in findings.iterrows():
+        dist = np.linalg.norm(xyz - f[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float), axis=1)
+        assert (dist < f["diameter_mm"] / 2).any(), f["description"]
+
+
+def test_merge_inside_a_large_candidate() -> None:
+    table = pd.DataFrame(
+        {
+            "coordX": [0.0, 7.0, 30.0],
+            "coordY": [0.0] * 3,
+            "coordZ": [0.0] * 3,
+            "score": [0.5, 0.6, 0.4],
+            "diameter_mm": [20.0, 4.0, 4.0],
+            "detector": ["large_solid", "solid", "solid"],
+        }
+    )
+    assert len(merge_candidates(table, 5.0)) == 3
+    merged = merge_candidates(table, 5.0, radius_fraction=1.0)
+    assert len(merged) == 2
+    assert merged.iloc[0]["detectors"] == "large_solid+solid"
