@@ -8,6 +8,7 @@ stays fast, and hold no logic of their own: each calls one public function.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,5 +204,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from jsonargparse import auto_cli
 
-    auto_cli(COMMANDS, args=args, as_positional=False)
+    auto_cli(COMMANDS, args=_positional_inputs(args), as_positional=False)
+
+
+def _positional_inputs(args: list[str]) -> list[str]:
+    """``nodule candidates A B --out X`` -> ``nodule candidates --inputs [A, B] --out X``."""
+    if not args or args[0] != "candidates":
+        return args
+    n = 1
+    while n < len(args) and not args[n].startswith("-"):
+        n += 1
+    if n == 1:
+        return args
+    return [args[0], "--inputs", json.dumps(args[1:n]), *args[n:]]
 
