@@ -1,0 +1,1 @@
+"""Training: candidate labels, the LUNA16 data module, the classifier, callbacks and the CLI."""

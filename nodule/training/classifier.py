@@ -1,0 +1,287 @@
+"""The candidate classifier: a LightningModule around any patch network.
+
+The network (e.g. :class:`~nodule.models.multistream.MultiStreamNet`, chosen in YAML by
+``class_path``) maps ``(B, V, H, W)`` patches to two-class logits. The module trains it
+with cross-entropy or focal loss, with the optimiser and learning-rate schedule of the
+configuration, and logs loss and AUROC per step/epoch. At the end of every validation
+(and test) epoch it gathers the candidates' probabilities from all processes, puts
+them back on their scans and coordinates (through the data module's
+``evaluation_tables``), and scores them with the LUNA16 FROC
+(:func:`~nodule.evaluation.froc.evaluate_froc`): ``val/cpm`` is what checkpoints are
+chosen by. Prediction returns each candidate's id and nodule probability, for
+:class:`~nodule.training.callbacks.SubmissionWriter`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+from torchmetrics.classification import BinaryAUROC
+
+from nodule.evaluation.froc import FrocResult, evaluate_froc
+
+LossName = Literal["cross_entropy", "focal"]
+EvalSplit = Literal["val", "test"]
+
+
+def focal_loss(
+    logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | None = None
+) -> Tensor:
+    """Focal loss (Lin et al. 2017) of softmax logits, averaged over the batch.
+
+    ``-alpha_t (1 - p_t)^gamma log p_t`` with ``p_t`` the probability of the true class;
+    ``gamma = 0`` and ``alpha = None`` give cross-entropy.
+
+    Args:
+        logits: (B, C) logits (or log-probabilities).
+        target: (B,) class indices.
+        gamma: focusing exponent (>= 0).
+        alpha: weight of class 1 (``1 - alpha`` for the others); None: no weighting.
+
+    Returns:
+        The scalar loss.
+    """
+    logp = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
+    loss = -((1.0 - logp.exp()).clamp(min=0.0) ** gamma) * logp
+    if alpha is not None:
+        loss = loss * torch.where(target == 1, alpha, 1.0 - alpha)
+    return loss.mean()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every process (a one-element list without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+@runtime_checkable
+class HasEvaluationTables(Protocol):
+    """A data module that can put candidate ids back on scans (see ``Luna16DataModule``)."""
+
+    def evaluation_tables(self, split: Any) -> Any:
+        """Candidates (indexed by id), annotations, excluded and scans of a split."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The FROC evaluation of one validation or test epoch.
+
+    Attributes:
+        split: ``val`` or ``test``.
+        epoch: the training epoch.
+        result: the FROC result.
+        predictions: the split's candidates (every column of the candidates table)
+            with the classifier's ``probability``, in the order given to the evaluator
+            (``detection_id`` of ``result.detections`` is the row here).
+    """
+
+    split: str
+    epoch: int
+    result: FrocResult
+    predictions: pd.DataFrame
+
+
+class NoduleClassifier(pl.LightningModule):
+    """Nodule / non-nodule classification of candidates' multiplanar patches.
+
+    Args:
+        net: the network, ``(B, V, H, W) -> (B, 2)`` logits.
+        loss: ``cross_entropy`` or ``focal``.
+        focal_gamma: focusing exponent of the focal loss.
+        focal_alpha: weight of the nodule class in the focal loss (None: unweighted).
+        optimizer: the optimiser (class path and arguments; the parameters are given here).
+        scheduler: learning-rate schedule (None: constant).
+        scheduler_monitor: metric a ReduceLROnPlateau-like schedule follows.
+        scheduler_interval: ``epoch`` or ``step``.
+        froc_bootstrap: bootstrap resamples of the validation/test FROC (0: none).
+        max_marks_per_scan: per-scan cap of the FROC evaluation (LUNA16: 100).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: LossName = "cross_entropy",
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_monitor: str = "val/cpm",
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        froc_bootstrap: int = 0,
+        max_marks_per_scan: int | None = 100,
+    ) -> None:
+        super().__init__()
+        if loss not in ("cross_entropy", "focal"):
+            raise ValueError(f"loss must be cross_entropy or focal, got {loss!r}")
+        # Under LightningCLI the hyperparameters are the configuration (plain values, so a
+        # checkpoint loads with weights_only=True and ``--ckpt_path`` can restore them);
+        # otherwise the network and factories are objects and are left out.
+        from_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if from_cli else ["net", "optimizer", "scheduler"])
+        self.net = net
+        self.loss_name = loss
+        self.focal_gamma = focal_gamma
+        self.focal_alpha = focal_alpha
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
+        self.scheduler_interval = scheduler_interval
+        self.froc_bootstrap = froc_bootstrap
+        self.max_marks_per_scan = max_marks_per_scan
+        self.train_auroc = BinaryAUROC()
+        self.val_auroc = BinaryAUROC()
+        self.test_auroc = BinaryAUROC()
+        self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"val": [], "test": []}
+        self.last_evaluation: Evaluation | None = None
+
+    # ------------------------------------------------------------------ core
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, 2)`` of patches ``(B, V, H, W)``."""
+        out: Tensor = self.net(x)
+        return out
+
+    def compute_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The configured loss of a batch."""
+        if self.loss_name == "focal":
+            return focal_loss(logits, target, self.focal_gamma, self.focal_alpha)
+        return F.cross_entropy(logits, target)
+
+    @staticmethod
+    def probability(logits: Tensor) -> Tensor:
+        """Nodule probability (class 1) of logits."""
+        return F.softmax(logits.float(), dim=-1)[:, 1]
+
+    def _shared_step(self, batch: dict[str, Tensor], prefix: str, auroc: BinaryAUROC) -> Tensor:
+        logits = self(batch["image"])
+        target = batch["label"].long()
+        loss = self.compute_loss(logits, target)
+        prob = self.probability(logits)
+        auroc.update(prob.detach(), target)
+        on_step = prefix == "train"
+        bs = target.shape[0]
+        self.log(
+            f"{prefix}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=bs,
+            sync_dist=True,
+        )
+        self.log(f"{prefix}/auroc", auroc, on_step=False, on_epoch=True, batch_size=bs)
+        if prefix in self._outputs:
+            self._outputs[prefix].append(
+                (batch["candidate_id"].detach().cpu().numpy(), prob.detach().cpu().numpy())
+            )
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Loss of a training batch."""
+        return self._shared_step(batch, "train", self.train_auroc)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, AUROC and probabilities of a validation batch."""
+        self._shared_step(batch, "val", self.val_auroc)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss, AUROC and probabilities of a test batch."""
+        self._shared_step(batch, "test", self.test_auroc)
+
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Candidate ids and nodule probabilities of a batch."""
+        return {
+            "candidate_id": batch["candidate_id"].detach().cpu(),
+            "probability": self.probability(self(batch["image"])).detach().cpu(),
+        }
+
+    # ------------------------------------------------------------------ FROC
+
+    def on_validation_epoch_start(self) -> None:
+        """Forget the previous epoch's probabilities."""
+        self._outputs["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        """Forget the previous epoch's probabilities."""
+        self._outputs["test"] = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Validation CPM (``val/cpm``) and sensitivities."""
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Test CPM (``test/cpm``) and sensitivities."""
+        self._evaluate("test")
+
+    def gathered_probabilities(self, split: EvalSplit) -> pd.Series:
+        """The split's probabilities of this epoch from every process, by candidate id."""
+        parts = self._outputs[split]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        probs = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+        gathered = gather_objects((ids, probs))
+        all_ids = np.concatenate([g[0] for g in gathered]).astype(np.int64)
+        all_probs = np.concatenate([g[1] for g in gathered]).astype(np.float64)
+        series = pd.Series(all_probs, index=pd.Index(all_ids, name="candidate_id"))
+        return series[~series.index.duplicated()]  # a distributed sampler pads with repeats
+
+    def _evaluate(self, split: EvalSplit) -> None:
+        probs = self.gathered_probabilities(split)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(datamodule, HasEvaluationTables):
+            return
+        tables = datamodule.evaluation_tables(split)
+        predictions = tables.candidates.loc[probs.index.intersection(tables.candidates.index)]
+        predictions = predictions.assign(probability=probs.loc[predictions.index].to_numpy())
+        result = evaluate_froc(
+            predictions.reset_index(drop=True),
+            tables.annotations,
+            tables.excluded,
+            seriesuids=tables.seriesuids,
+            n_bootstrap=self.froc_bootstrap,
+            seed=0,
+            max_marks_per_scan=self.max_marks_per_scan,
+        )
+        cpm = 0.0 if math.isnan(result.cpm) else result.cpm
+        # Every process evaluates the same gathered predictions: the values agree.
+        self.log(f"{split}/cpm", cpm, prog_bar=True, sync_dist=True)
+        for rate, sens in result.sensitivities.items():
+            value = 0.0 if math.isnan(sens) else sens
+            self.log(f"{split}/sensitivity@{rate:g}", value, sync_dist=True)
+        self.last_evaluation = Evaluation(
+            split=split,
+            epoch=int(self.current_epoch),
+            result=result,
+            predictions=predictions.reset_index(),
+        )
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> Any:
+        """The configured optimiser and, if any, learning-rate schedule."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.scheduler_monitor,
+                "interval": self.scheduler_interval,
+            },
+        }

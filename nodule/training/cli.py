@@ -1,0 +1,116 @@
+"""``nodule fit | validate | test | predict``: LightningCLI over the classifier and data module.
+
+In the manner of torchgeo's ``main()``: the model and data module are given by
+``class_path`` in YAML (``subclass_mode``), the network inside the model too. Every
+configuration also gets three callbacks as top-level groups, so that they can be set
+from YAML or the command line without repeating ``trainer.callbacks``:
+
+* ``checkpoint``: :class:`~pytorch_lightning.callbacks.ModelCheckpoint` on ``val/cpm``
+  (mode max);
+* ``submission``: :class:`~nodule.training.callbacks.SubmissionWriter`
+  (``--submission.output out.csv`` for ``predict``);
+* ``wandb_media``: :class:`~nodule.training.callbacks.WandbFrocLogger`.
+
+The whole configuration goes to the logger's hyperparameters (the W&B run config).
+A ``WandbLogger`` in the configuration runs offline when it says so, unless the
+environment says otherwise: ``WANDB_MODE=online`` (or ``disabled``) overrides
+``offline: true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
+
+from nodule.training.callbacks import SubmissionWriter, WandbFrocLogger
+from nodule.training.classifier import NoduleClassifier
+from nodule.training.datamodule import Luna16DataModule
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` to the log folder and gives the whole config to the loggers."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Log the configuration as hyperparameters (the W&B run config)."""
+        config = json.loads(self.parser.dump(self.config, format="json"))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+def _respect_wandb_mode(config: Any) -> None:
+    """Let ``WANDB_MODE`` override a configured WandbLogger's ``offline``."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if not mode:
+        return
+    loggers = config.get("trainer", {}).get("logger") if hasattr(config, "get") else None
+    if loggers is None or isinstance(loggers, bool):
+        return
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = str(getattr(logger, "class_path", ""))
+        init_args = getattr(logger, "init_args", None)
+        if class_path.endswith("WandbLogger") and init_args is not None:
+            init_args["offline"] = mode in ("offline", "dryrun")
+
+
+class NoduleCLI(LightningCLI):
+    """LightningCLI with the checkpoint, submission and W&B callbacks as top-level groups."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the callback groups and their defaults."""
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/cpm",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}-cpm{val/cpm:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(SubmissionWriter, "submission")
+        parser.add_lightning_class_args(WandbFrocLogger, "wandb_media")
+
+    def before_instantiate_classes(self) -> None:
+        """Apply ``WANDB_MODE`` to the configured W&B logger."""
+        subcommand = self.config.get("subcommand")
+        _respect_wandb_mode(self.config.get(subcommand) if subcommand else self.config)
+
+
+def lightning_main(args: list[str] | None = None) -> LightningCLI:
+    """Run ``fit``, ``validate``, ``test`` or ``predict`` with LightningCLI.
+
+    Args:
+        args: command-line arguments, e.g. ``["fit", "--config", "configs/tiny.yaml"]``.
+
+    Returns:
+        The CLI (its ``trainer``, ``model`` and ``datamodule``).
+    """
+    if args is not None and list(args) == sys.argv[1:]:
+        args = None  # the same arguments: let LightningCLI read sys.argv without warning
+    cli = NoduleCLI(
+        model_class=NoduleClassifier,
+        datamodule_class=Luna16DataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggedConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+    finish_wandb(cli.trainer)
+    return cli
+
+
+def finish_wandb(trainer: Trainer) -> None:
+    """Close the trainer's W&B runs, so that their files (summary, config) are complete."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+            logger._experiment = None

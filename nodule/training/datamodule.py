@@ -1,0 +1,566 @@
+"""A LightningDataModule over a LUNA16-layout data set, read through the patch cache.
+
+The data set folder ``root`` holds ``subsetK/<seriesuid>.mhd`` (or ``.mha``, ``.nii``,
+``.nii.gz``, DICOM folders named by the seriesuid), ``annotations.csv``,
+``annotations_excluded.csv``, ``folds/subsetK.csv`` and a candidates table (any of them
+may live elsewhere, see the arguments). Which folds train, validate and test is
+configuration; a fold may serve only one of the three, so no scan is in two of them.
+
+Candidates are labelled by :func:`~nodule.training.labels.label_candidates`; the ones on
+excluded findings are left out of training only. Every candidate of the configured
+scans goes into one patch cache (:mod:`nodule.patch_cache`, built in
+:meth:`Luna16DataModule.prepare_data`, resumable); training reads the fixed views of
+negatives and samples new randomly rotated, scaled and shifted planes from the cubes
+of positives, and draws a class-balanced sample each epoch
+(:class:`BalancedSampler`). Validation, test and prediction use the fixed views of
+every candidate.
+
+Batches are dicts: ``image`` (B, V, H, W) float32, ``label`` (B,) int64 and
+``candidate_id`` (B,) int64 (the candidate's row in the candidates table, which
+:meth:`Luna16DataModule.evaluation_tables` maps back to scans and coordinates).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from nodule.data.luna16 import (
+    read_annotations,
+    read_candidates,
+    read_excluded,
+    read_folds,
+    read_submission,
+)
+from nodule.io import VOLUME_SUFFIXES, read_volume, series_uid_from_filename
+from nodule.patch_cache import (
+    CacheConfig,
+    CacheIndex,
+    build_patch_cache,
+    resampled_views,
+    sample_cubes,
+)
+from nodule.patches import Augment, PatchConfig, add_hu_noise, random_frames, scale_hu
+from nodule.paths import cache_dir as default_cache_root
+from nodule.training.labels import LABEL, label_candidates, training_rows
+
+Stage = Literal["fit", "validate", "test", "predict"]
+Split = Literal["train", "val", "test", "predict"]
+Item = int | tuple[int, int]
+"""A dataset index: a row, or ``(row, draw)`` where ``draw`` seeds the row's augmentation."""
+
+_SUBSET_DIR = re.compile(r"^subset(\d+)$")
+FROM_ANNOTATIONS = "_from_annotations"
+"""Column marking the annotated nodule centres added as training positives."""
+
+
+@dataclass(frozen=True)
+class EvaluationTables:
+    """What the FROC evaluation of one split needs.
+
+    Attributes:
+        candidates: the split's candidates indexed by ``candidate_id`` (every column of
+            the candidates table, plus ``label``, ``on_excluded``, ``nodule_id``).
+        annotations: included nodules of the split's scans.
+        excluded: excluded findings of the split's scans (None when there is no table).
+        seriesuids: the split's scans (those with an image), the FP/scan divisor.
+    """
+
+    candidates: pd.DataFrame
+    annotations: pd.DataFrame
+    excluded: pd.DataFrame | None
+    seriesuids: list[str]
+
+
+def find_scans(root: Path) -> dict[str, tuple[Path, int | None]]:
+    """Images of a LUNA16-layout folder: ``{seriesuid: (path, subset or None)}``.
+
+    Looks at ``root/subsetK/*`` (volume files, or folders taken for DICOM series named by
+    their seriesuid) and at volume files directly in ``root``.
+    """
+    found: dict[str, tuple[Path, int | None]] = {}
+    for folder in [root, *sorted(p for p in root.glob("subset*") if p.is_dir())]:
+        match = _SUBSET_DIR.match(folder.name) if folder != root else None
+        subset = int(match.group(1)) if match else None
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES):
+                found[series_uid_from_filename(path)] = (path, subset)
+            elif path.is_dir() and subset is not None:
+                found[path.name] = (path, subset)
+    return found
+
+
+def read_candidate_table(path: Path) -> pd.DataFrame:
+    """Read candidates: a LUNA16 candidates table (with ``class``) or a submission-like table
+    (with ``probability``, as ``nodule candidates`` writes), extra columns kept.
+
+    Raises:
+        FileNotFoundError: no such file.
+        Luna16FormatError: neither format.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no candidates table at {path}")
+    columns = pd.read_csv(path, nrows=0).columns
+    if "class" in columns or "probability" not in columns:
+        return read_candidates(path)
+    return read_submission(path)
+
+
+class BalancedSampler(Sampler[tuple[int, int]]):
+    """Draws a class-balanced sample of rows with replacement, anew each epoch.
+
+    Each draw is positive with probability ``positive_fraction`` (a uniformly chosen
+    positive row), otherwise a uniformly chosen negative row; when a class is empty
+    the other is drawn. It yields ``(row, draw)`` pairs where ``draw`` numbers the
+    draw across epochs (so a dataset can seed the row's augmentation from it, the same
+    whatever the number of workers or processes). The epoch advances by itself after
+    every pass (and :meth:`set_epoch` sets it, as Lightning does), so the sample
+    changes every epoch even when a distributed wrapper hides the sampler.
+
+    Args:
+        labels: (N,) 0/1 labels of the rows.
+        positive_fraction: expected fraction of positives in a sample.
+        num_samples: draws per epoch (default N).
+        seed: seed of the draws.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        positive_fraction: float = 0.5,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+        self.labels = np.asarray(labels).astype(np.int64)
+        self.positives = np.flatnonzero(self.labels == 1)
+        self.negatives = np.flatnonzero(self.labels != 1)
+        self.positive_fraction = positive_fraction
+        self.num_samples = len(self.labels) if num_samples is None else int(num_samples)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass draw the sample of ``epoch``."""
+        self.epoch = epoch
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """The rows drawn in ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.num_samples
+        fraction = self.positive_fraction
+        if self.positives.size == 0:
+            fraction = 0.0
+        elif self.negatives.size == 0:
+            fraction = 1.0
+        positive = rng.random(n) < fraction
+        out = np.empty(n, dtype=np.int64)
+        n_pos = int(positive.sum())
+        if n_pos:
+            out[positive] = rng.choice(self.positives, n_pos)
+        if n - n_pos:
+            out[~positive] = rng.choice(self.negatives, n - n_pos)
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        base = epoch * self.num_samples
+        return iter([(int(r), base + i) for i, r in enumerate(self.indices(epoch))])
+
+
+class CandidatePatches(Dataset[dict[str, Any]]):
+    """The cached patches of a set of candidates, held in memory.
+
+    Args:
+        patches_hu: (N, V, H, W) int16 HU fixed views.
+        labels: (N,) 0/1.
+        candidate_ids: (N,) ids of the candidates.
+        cubes: (M, S, S, S) int16 HU cubes.
+        cube_rows: (N,) index into ``cubes`` or -1.
+        cube_spacing_mm: voxel size of the cubes.
+        patch: view geometry and HU window.
+        augment: augmentation of rows with a cube when indexed with a ``(row, draw)``
+            pair; None: never augment.
+        seed: seed of the augmentation (with the draw number).
+    """
+
+    def __init__(
+        self,
+        patches_hu: np.ndarray,
+        labels: np.ndarray,
+        candidate_ids: np.ndarray,
+        cubes: np.ndarray,
+        cube_rows: np.ndarray,
+        cube_spacing_mm: float,
+        patch: PatchConfig,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.patches_hu = patches_hu
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
+        self.cubes = cubes
+        self.cube_rows = np.asarray(cube_rows, dtype=np.int64)
+        self.cube_spacing_mm = cube_spacing_mm
+        self.patch = patch
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def views(self, row: int, draw: int | None = None) -> np.ndarray:
+        """The (V, H, W) float32 views of ``row``: augmented when ``draw`` is given and it has a cube."""
+        cube = int(self.cube_rows[row])
+        if draw is None or self.augment is None:
+            return scale_hu(self.patches_hu[row], self.patch)
+        rng = np.random.default_rng([self.seed, draw])
+        if cube >= 0:
+            frames = random_frames(1, self.patch, self.augment, rng)
+            views = sample_cubes(
+                self.cubes[cube : cube + 1], self.cube_spacing_mm, self.patch, frames
+            )[0]
+        else:
+            views = scale_hu(self.patches_hu[row], self.patch)
+            if self.augment.flip:  # cheap augmentation of negatives: mirror the image axes
+                views = views[:, :: rng.choice([-1, 1]), :: rng.choice([-1, 1])]
+        return add_hu_noise(np.ascontiguousarray(views), self.patch, self.augment.noise_hu, rng)
+
+    def __getitem__(self, item: Item) -> dict[str, Any]:
+        row, draw = (int(item[0]), int(item[1])) if isinstance(item, tuple) else (int(item), None)
+        return {
+            "image": torch.from_numpy(self.views(row, draw)),
+            "label": torch.tensor(self.labels[row]),
+            "candidate_id": torch.tensor(self.candidate_ids[row]),
+        }
+
+
+def _expand(path: Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser()
+
+
+class Luna16DataModule(pl.LightningDataModule):
+    """Candidates of a LUNA16-layout data set as multiplanar patches, split by fold.
+
+    Args:
+        root: the data set folder (``~`` expanded).
+        candidates: candidates CSV: LUNA16 candidates (``seriesuid, coordX, coordY, coordZ,
+            class``) or a submission-like table (``..., probability``, as written by
+            ``nodule candidates``), extra columns kept; default ``root/candidates.csv``.
+        annotations: default ``root/annotations.csv`` (none: every candidate is labelled 0,
+            e.g. to predict on unannotated scans).
+        excluded: default ``root/annotations_excluded.csv`` when it exists.
+        folds: folder of ``subsetK.csv`` lists; default ``root/folds``, else the
+            ``subsetK`` folders of the images.
+        train_folds: folds to train on.
+        val_folds: folds to validate on (and to pick the checkpoint by).
+        test_folds: folds to test on.
+        predict_folds: folds to predict; default the test folds.
+        cache_dir: patch cache folder; default under ``$NODULE_CACHE/patches``.
+        patch: view geometry and HU window.
+        augmentation: augmentation of training patches; null for none.
+        cube_spacing_mm: voxel size of the cached cubes of positives.
+        batch_size: candidates per batch.
+        num_workers: DataLoader worker processes.
+        positive_fraction: expected fraction of positives in a training batch.
+        samples_per_epoch: training draws per epoch (default: the training candidates).
+        add_annotations: also train on the annotated nodule centres as positives (the
+            candidates may miss some nodules).
+        seed: seed of the sampling and augmentation.
+        cache_jobs: scans loaded concurrently while building the cache.
+        progress: progress bar while building the cache.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        candidates: Path | None = None,
+        annotations: Path | None = None,
+        excluded: Path | None = None,
+        folds: Path | None = None,
+        train_folds: list[int] | None = None,
+        val_folds: list[int] | None = None,
+        test_folds: list[int] | None = None,
+        predict_folds: list[int] | None = None,
+        cache_dir: Path | None = None,
+        patch: PatchConfig = PatchConfig(),  # noqa: B008 - frozen dataclass
+        augmentation: Augment | None = Augment(),  # noqa: B008 - frozen dataclass
+        cube_spacing_mm: float = 1.0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        positive_fraction: float = 0.5,
+        samples_per_epoch: int | None = None,
+        add_annotations: bool = True,
+        seed: int = 0,
+        cache_jobs: int = 1,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.candidates_path = _expand(candidates) or self.root / "candidates.csv"
+        self.annotations_path = _expand(annotations) or self.root / "annotations.csv"
+        default_excluded = self.root / "annotations_excluded.csv"
+        self.excluded_path = _expand(excluded) or (
+            default_excluded if default_excluded.exists() else None
+        )
+        self.folds_path = _expand(folds) or self.root / "folds"
+        self.fold_lists: dict[Split, list[int]] = {
+            "train": list(train_folds or []),
+            "val": list(val_folds or []),
+            "test": list(test_folds or []),
+            "predict": list(test_folds or []) if predict_folds is None else list(predict_folds),
+        }
+        seen: dict[int, str] = {}
+        for split in ("train", "val", "test"):
+            for fold in self.fold_lists[split]:
+                if fold in seen and seen[fold] != split:
+                    raise ValueError(f"fold {fold} is in both {seen[fold]} and {split}")
+                seen[fold] = split
+        self.patch = patch
+        self.augmentation = augmentation
+        self.cache_config = CacheConfig(
+            patch=patch,
+            cube_spacing_mm=cube_spacing_mm,
+            max_scale=augmentation.scale_range[1] if augmentation else 1.0,
+            max_shift_mm=augmentation.shift_mm if augmentation else 0.0,
+            cubes_for="positives" if augmentation else "none",
+        )
+        self.cache_path = _expand(cache_dir) or self._default_cache_dir()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.positive_fraction = positive_fraction
+        self.samples_per_epoch = samples_per_epoch
+        self.add_annotations = add_annotations
+        self.seed = seed
+        self.cache_jobs = cache_jobs
+        self.progress = progress
+        self._tables: dict[str, Any] | None = None
+        self.datasets: dict[Split, CandidatePatches] = {}
+        self.sampler: BalancedSampler | None = None
+        self._views_at: dict[tuple[Any, ...], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ tables
+
+    def _default_cache_dir(self) -> Path:
+        key = hashlib.sha1(f"{self.root.resolve()}|{self.candidates_path.resolve()}".encode())
+        c = self.cache_config
+        p = c.patch
+        name = f"v{p.n_views}_px{p.size_px}_fov{p.fov_mm:g}_cube{c.cube_size}_{c.cubes_for}"
+        return default_cache_root("patches", f"{self.root.name}-{key.hexdigest()[:10]}") / name
+
+    def tables(self) -> dict[str, Any]:
+        """The data set's tables, read once: ``scans``, ``fold_of``, ``candidates`` (labelled,
+        indexed by candidate id), ``annotations``, ``excluded``."""
+        if self._tables is not None:
+            return self._tables
+        scans = find_scans(self.root)
+        if self.folds_path.is_dir():
+            fold_of = {u: k for k, uids in read_folds(self.folds_path).items() for u in uids}
+        else:
+            fold_of = {u: s for u, (_, s) in scans.items() if s is not None}
+        annotations = (
+            read_annotations(self.annotations_path)
+            if self.annotations_path.exists()
+            else pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+        )
+        excluded = read_excluded(self.excluded_path) if self.excluded_path else None
+        candidates = read_candidate_table(self.candidates_path).reset_index(drop=True)
+        if self.add_annotations and len(annotations):
+            extra = annotations[["seriesuid", "coordX", "coordY", "coordZ"]].copy()
+            extra[FROM_ANNOTATIONS] = True
+            candidates[FROM_ANNOTATIONS] = False
+            candidates = pd.concat([candidates, extra], ignore_index=True)
+        labelled = label_candidates(candidates, annotations, excluded)
+        labelled.index.name = "candidate_id"
+        self._tables = {
+            "scans": scans,
+            "fold_of": fold_of,
+            "candidates": labelled,
+            "annotations": annotations,
+            "excluded": excluded,
+        }
+        return self._tables
+
+    def split_seriesuids(self, split: Split) -> list[str]:
+        """Scans with an image in the folds of ``split``."""
+        t = self.tables()
+        folds = set(self.fold_lists[split])
+        return [u for u in t["scans"] if t["fold_of"].get(u) in folds]
+
+    def split_candidates(self, split: Split) -> pd.DataFrame:
+        """Labelled candidates of a split: for training without those on excluded findings (and
+        with the annotated centres when ``add_annotations``); otherwise the candidates table's rows."""
+        t = self.tables()
+        rows = t["candidates"]
+        rows = rows[rows["seriesuid"].isin(set(self.split_seriesuids(split)))]
+        if split == "train":
+            return training_rows(rows)
+        if FROM_ANNOTATIONS in rows.columns:
+            rows = rows[~rows[FROM_ANNOTATIONS].to_numpy(bool)].drop(columns=FROM_ANNOTATIONS)
+        out: pd.DataFrame = rows
+        return out
+
+    def evaluation_tables(self, split: Split) -> EvaluationTables:
+        """Candidates, reference standard and scan list of a split, for the FROC."""
+        t = self.tables()
+        uids = self.split_seriesuids(split)
+        keep = set(uids)
+        excluded = t["excluded"]
+        candidates = self.split_candidates(split)
+        return EvaluationTables(
+            candidates=candidates,
+            annotations=t["annotations"][t["annotations"]["seriesuid"].isin(keep)],
+            excluded=None if excluded is None else excluded[excluded["seriesuid"].isin(keep)],
+            seriesuids=uids,
+        )
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def _needed_splits(self, stage: str | None) -> list[Split]:
+        if stage == "fit":
+            return ["train", "val"]
+        if stage == "validate":
+            return ["val"]
+        if stage == "test":
+            return ["test"]
+        if stage == "predict":
+            return ["predict"]
+        return ["train", "val", "test", "predict"]
+
+    def prepare_data(self) -> None:
+        """Build (or complete) the patch cache of every configured split's candidates."""
+        scans = self.tables()["scans"]
+        splits: tuple[Split, ...] = ("train", "val", "test", "predict")
+        parts = [self.split_candidates(split) for split in splits]
+        rows = pd.concat(parts)
+        rows = rows[~rows.index.duplicated()].sort_index()
+        uids = list(dict.fromkeys(rows["seriesuid"]))
+        build_patch_cache(
+            [(u, functools.partial(read_volume, scans[u][0])) for u in uids],
+            rows[["seriesuid", "coordX", "coordY", "coordZ", LABEL]],
+            self.cache_path,
+            config=self.cache_config,
+            jobs=self.cache_jobs,
+            progress=self.progress,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached patches of the splits ``stage`` needs."""
+        index = CacheIndex.load(self.cache_path)
+        for split in self._needed_splits(stage):
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(index, split)
+
+    def _dataset(self, index: CacheIndex, split: Split) -> CandidatePatches:
+        rows = self.split_candidates(split)
+        table = index.table.set_index("candidate_id")
+        missing = rows.index.difference(table.index)
+        if len(missing):
+            raise RuntimeError(
+                f"{len(missing)} {split} candidates are not in the patch cache at "
+                f"{self.cache_path}; run prepare_data"
+            )
+        located = table.loc[rows.index]
+        n = len(rows)
+        v, s = self.patch.n_views, self.patch.size_px
+        patches = np.zeros((n, v, s, s), np.int16)
+        cube_rows = np.full(n, -1, np.int64)
+        cubes: list[np.ndarray] = []
+        positions = np.arange(n)
+        for file, group in located.assign(_pos=positions).groupby("file", sort=False):
+            with np.load(index.root / str(file)) as data:
+                rows_in_file = group["row"].to_numpy(np.int64)
+                patches[group["_pos"].to_numpy()] = data["patches"][rows_in_file]
+                has_cube = group["cube_row"].to_numpy(np.int64) >= 0
+                if has_cube.any() and split == "train":
+                    start = sum(len(c) for c in cubes)
+                    cubes.append(data["cubes"][group["cube_row"].to_numpy(np.int64)[has_cube]])
+                    cube_rows[group["_pos"].to_numpy()[has_cube]] = start + np.arange(
+                        int(has_cube.sum())
+                    )
+        size = self.cache_config.cube_size
+        return CandidatePatches(
+            patches_hu=patches,
+            labels=rows[LABEL].to_numpy(np.int64),
+            candidate_ids=rows.index.to_numpy(np.int64),
+            cubes=np.concatenate(cubes) if cubes else np.zeros((0, size, size, size), np.int16),
+            cube_rows=cube_rows,
+            cube_spacing_mm=self.cache_config.cube_spacing_mm,
+            patch=self.patch,
+            augment=self.augmentation if split == "train" else None,
+            seed=self.seed,
+        )
+
+    def views_of(self, split: Split, candidate_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Fixed, HU-windowed views (N, V, H, W) of candidates of a loaded split."""
+        dataset = self.datasets[split]
+        position = pd.Series(np.arange(len(dataset)), index=dataset.candidate_ids)
+        rows = position.loc[np.asarray(candidate_ids, dtype=np.int64)].to_numpy()
+        return scale_hu(dataset.patches_hu[rows], self.patch)
+
+    def views_at(self, seriesuid: str, center_xyz: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Fixed views (V, H, W) at any point of a scan, made as the cache makes them.
+
+        The first call for a point reads the scan; the views are kept for later calls
+        (e.g. the missed nodules of every validation epoch).
+        """
+        center = np.asarray(center_xyz, np.float64).reshape(3)
+        key = (seriesuid, *(round(float(v), 3) for v in center))
+        if key not in self._views_at:
+            path = self.tables()["scans"][seriesuid][0]
+            hu = resampled_views(read_volume(path), center, self.cache_config)
+            self._views_at[key] = hu[0]
+        return scale_hu(self._views_at[key], self.patch)
+
+    def _loader(self, split: Split, sampler: Sampler[Any] | None = None) -> DataLoader[Any]:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Class-balanced, augmented training batches."""
+        if "train" not in self.datasets:
+            self.setup("fit")
+        if self.sampler is None:
+            self.sampler = BalancedSampler(
+                self.datasets["train"].labels,
+                self.positive_fraction,
+                self.samples_per_epoch,
+                self.seed,
+            )
+        return self._loader("train", self.sampler)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """Every validation candidate, fixed views."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        """Every test candidate, fixed views."""
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """Every candidate to predict, fixed views."""
+        return self._loader("predict")

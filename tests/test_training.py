@@ -1,0 +1,199 @@
+"""Unit tests of nodule.training: labels, folds, balanced sampling, augmentation, losses, submissions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nodule.patches import Augment, PatchConfig
+from nodule.training.callbacks import submission_table, views_montage
+from nodule.training.classifier import focal_loss
+from nodule.training.datamodule import BalancedSampler, CandidatePatches, Luna16DataModule
+from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates, training_rows
+
+COLS = ["seriesuid", "coordX", "coordY", "coordZ"]
+
+
+def test_labels_inside_radius_strict_and_excluded_dropped_from_training() -> None:
+    annotations = pd.DataFrame([["a", 0.0, 0.0, 0.0, 10.0]], columns=[*COLS, "diameter_mm"])
+    excluded = pd.DataFrame(
+        [["a", 50.0, 0.0, 0.0, -1.0], ["a", 0.0, 0.0, 3.0, 4.0]], columns=[*COLS, "diameter_mm"]
+    )
+    candidates = pd.DataFrame(
+        [
+            ["a", 4.999, 0.0, 0.0],  # inside the nodule (r = 5)
+            ["a", 0.0, 5.0, 0.0],  # on the sphere: not inside (strict)
+            ["a", 50.0, 4.9, 0.0],  # on an excluded finding of unknown size (r = 5)
+            ["a", 0.0, 0.0, 4.0],  # inside the nodule and an excluded finding: a nodule
+            ["b", 0.0, 0.0, 0.0],  # another scan
+            ["a", 50.0, 5.1, 0.0],  # beside the excluded finding
+        ],
+        columns=COLS,
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    out = label_candidates(candidates, annotations, excluded)
+    assert list(out.index) == [10, 11, 12, 13, 14, 15]
+    assert out[LABEL].tolist() == [1, 0, 0, 1, 0, 0]
+    assert out[ON_EXCLUDED].tolist() == [False, False, True, False, False, False]
+    assert out[NODULE_ID].tolist() == [0, -1, -1, 0, -1, -1]
+    assert list(training_rows(out).index) == [10, 11, 13, 14, 15]
+    unlabelled = label_candidates(candidates, None)
+    assert unlabelled[LABEL].sum() == 0 and not unlabelled[ON_EXCLUDED].any()
+
+
+def test_folds_may_serve_one_split_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fold 1"):
+        Luna16DataModule(tmp_path, train_folds=[0, 1], val_folds=[1], test_folds=[2])
+    with pytest.raises(ValueError, match="fold 0 is in both train and test"):
+        Luna16DataModule(tmp_path, train_folds=[0], val_folds=[1], test_folds=[2, 0])
+    dm = Luna16DataModule(
+        tmp_path, train_folds=[0], val_folds=[1], test_folds=[2], predict_folds=[2, 3]
+    )
+    assert dm.fold_lists == {"train": [0], "val": [1], "test": [2], "predict": [2, 3]}
+
+
+def test_balanced_sampler() -> None:
+    labels = np.r_[np.ones(5, int), np.zeros(995, int)]
+    sampler = BalancedSampler(labels, positive_fraction=0.5, num_samples=4000, seed=3)
+    first = list(sampler)
+    rows = np.array([r for r, _ in first])
+    assert len(first) == len(sampler) == 4000
+    assert 0.45 < labels[rows].mean() < 0.55
+    assert set(rows[labels[rows] == 1]) == set(range(5))
+    assert [d for _, d in first] == list(range(4000))
+    second = list(sampler)  # the epoch advances by itself
+    assert [d for _, d in second] == list(range(4000, 8000))
+    assert [r for r, _ in second] != [r for r, _ in first]
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert list(BalancedSampler(labels, 0.5, 4000, seed=3)) == first
+    only_negatives = BalancedSampler(np.zeros(10, int), 0.5, 100)
+    assert {r for r, _ in only_negatives} <= set(range(10))
+    with pytest.raises(ValueError):
+        BalancedSampler(labels, positive_fraction=1.5)
+
+
+def _patches(augment: Augment | None) -> CandidatePatches:
+    rng = np.random.default_rng(0)
+    patch = PatchConfig(n_views=9, size_px=8, fov_mm=8.0)
+    size = 21
+    cube = rng.normal(-500, 300, (1, size, size, size)).astype(np.int16)
+    return CandidatePatches(
+        patches_hu=rng.normal(-500, 300, (2, 9, 8, 8)).astype(np.int16),
+        labels=np.array([1, 0]),
+        candidate_ids=np.array([7, 9]),
+        cubes=cube,
+        cube_rows=np.array([0, -1]),
+        cube_spacing_mm=1.0,
+        patch=patch,
+        augment=augment,
+        seed=5,
+    )
+
+
+def test_candidate_patches_augment_with_seeded_draws() -> None:
+    data = _patches(Augment(noise_hu=5.0))
+    fixed = data[0]
+    assert fixed["image"].shape == (9, 8, 8) and fixed["image"].dtype == torch.float32
+    assert int(fixed["label"]) == 1 and int(fixed["candidate_id"]) == 7
+    assert torch.equal(data[0]["image"], fixed["image"])  # a plain index: the fixed views
+    a, b, c = data[(0, 1)]["image"], data[(0, 1)]["image"], data[(0, 2)]["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c)  # same draw, same planes
+    assert not torch.equal(a, fixed["image"])
+    negative = data[(1, 3)]["image"]  # no cube: flips and noise of the fixed views
+    assert (
+        negative.shape == (9, 8, 8) and 0.0 <= float(negative.min()) <= float(negative.max()) <= 1.0
+    )
+    assert torch.equal(_patches(None)[(0, 1)]["image"], fixed["image"])
+
+
+def test_focal_loss() -> None:
+    logits = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(16) % 2
+    ce = F.cross_entropy(logits, target)
+    assert torch.allclose(focal_loss(logits, target, gamma=0.0), ce)
+    assert focal_loss(logits, target, gamma=2.0) < ce
+    assert torch.allclose(focal_loss(logits, target, 0.0, alpha=0.5), ce / 2)
+
+
+def test_submission_table_keeps_extra_columns() -> None:
+    candidates = pd.DataFrame(
+        {
+            "seriesuid": ["a", "a", "b"],
+            "coordX": [1.0, 2.0, 3.0],
+            "coordY": [0.0, 0.0, 0.0],
+            "coordZ": [0.0, 0.0, 0.0],
+            "class": [1, 0, 0],
+            "probability": [0.9, 0.1, 0.2],
+            "detector": ["solid", "solid", "subsolid"],
+            LABEL: [1, 0, 0],
+            ON_EXCLUDED: [False, False, False],
+            NODULE_ID: [0, -1, -1],
+        },
+        index=pd.Index([4, 5, 6], name="candidate_id"),
+    )
+    table = submission_table(candidates, pd.Series([0.3, 0.7], index=[6, 4]))
+    assert list(table.columns) == [
+        *COLS,
+        "probability",
+        "class",
+        "candidate_probability",
+        "detector",
+    ]
+    assert table["coordX"].tolist() == [1.0, 3.0]
+    assert table["probability"].tolist() == [0.7, 0.3]
+    assert table["candidate_probability"].tolist() == [0.9, 0.2]
+
+
+def test_views_montage() -> None:
+    image = views_montage(np.ones((9, 4, 5), np.float32))
+    assert image.shape == (3 * 6 - 2, 3 * 7 - 2) and image.dtype == np.uint8
+    assert image.max() == 255 and image[4, 0] == 0  # the gap between rows
+
+
+def test_wandb_mode_overrides_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jsonargparse import Namespace
+
+    from nodule.training.cli import _respect_wandb_mode
+
+    def config() -> Namespace:
+        logger = Namespace(
+            class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(offline=True)
+        )
+        return Namespace(trainer=Namespace(logger=logger))
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    online = config()
+    _respect_wandb_mode(online)
+    assert online.trainer.logger.init_args.offline is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    offline = config()
+    _respect_wandb_mode(offline)
+    assert offline.trainer.logger.init_args.offline is True
+    monkeypatch.delenv("WANDB_MODE")
+    unset = config()
+    _respect_wandb_mode(unset)
+    assert unset.trainer.logger.init_args.offline is True
+
+
+def test_read_candidate_table_accepts_both_formats(tmp_path: Path) -> None:
+    from nodule.training.datamodule import read_candidate_table
+
+    rows = "a,1.0,2.0,3.0,{},solid\n"
+    (tmp_path / "luna.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,class,detector\n" + rows.format(1)
+    )
+    (tmp_path / "sub.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,probability,detector\n" + rows.format(0.5)
+    )
+    luna = read_candidate_table(tmp_path / "luna.csv")
+    sub = read_candidate_table(tmp_path / "sub.csv")
+    assert luna["class"].tolist() == [1] and sub["probability"].tolist() == [0.5]
+    assert luna["detector"].tolist() == sub["detector"].tolist() == ["solid"]
+    with pytest.raises(FileNotFoundError):
+        read_candidate_table(tmp_path / "none.csv")
