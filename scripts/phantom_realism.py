@@ -1,110 +1,355 @@
-"""Side-by-side pictures of phantom scans and the shared real chest CT, for looking at realism.
+"""Realism of the phantom: a metric table and side-by-side pictures against the real chest CT.
 
-Writes, for each seed, one PNG with two rows (real CT / phantom): axial through a
-nodule (or mid-lung), coronal and sagittal, at lung window (-1350..150 HU), plus a
-zoomed axial of the right lung, and prints lung HU statistics of both and a vessel
-census: per axial slice of the middle 60% of the lungs, the blobs above -500 HU inside
-the lung (vessel cross-sections and crossings, the detector's false positives), their
-number per 100 cm^2 of lung and their equivalent diameters. With ``--match-real`` the
-phantom uses the real scan's settings (3 mm, 0.564 mm pixels, sharp kernel).
+Generates ``--n`` phantoms (``full`` preset) with the shared real scan's settings (3 mm
+slices, 0.564 mm pixels, sharp kernel, the noise estimated from the real scan's
+subcutaneous fat), segments the lungs of every scan, real and synthetic, with the same
+method (:func:`nodule.lung.segment_lungs`) and compares:
 
-    python scripts/phantom_realism.py --out /tmp/realism --seeds 0 1 2 --preset full --match-real
+* lung volume (l); the real one should lie inside the phantoms' range;
+* mean and standard deviation of HU inside the lung mask (target: within 50 HU);
+* the distance between the lung HU histograms (-1024..0 HU): Wasserstein-1 in HU
+  (target 50 HU) and, for information, the Jensen-Shannon distance of 8 HU bins;
+* the fraction of lung volume above -500 HU (vessels, airway walls; target 25 %);
+* connected structures above -500 HU inside the lung, counted as **2D cross-sections
+  per axial slice** (8-connected, >= 1 mm equivalent diameter, in the lung mask eroded
+  by 3 pixels in-plane, with holes filled), summed over all slices per litre of lung,
+  and their equivalent diameters (median, 90th percentile; target 25 %);
+* noise: standard deviation of HU minus its 5 x 5 in-plane median in air outside the
+  body (at least 10 mm from the skin, above the body's front) and in subcutaneous fat
+  (target 25 %), and the mean HU of that fat (target 50 HU);
+* noise power spectrum of homogeneous soft-tissue patches (16 x 16 pixels): the frequency of
+  its peak (cycles/mm) and the power at the Nyquist frequency relative to the peak
+  (target 25 %), the grain of the reconstruction kernel;
+* anterior chest wall thickness (mm, target 25 %): at the slice halfway between the lung
+  apex and base, along the antero-posterior ray through each lung's centroid column,
+  from the skin to the lung. The real scan's field of view cuts off the lateral skin,
+  so lateral rays are not used.
+
+Phantom values are given as mean (min-max). With ``--out`` the table is written as
+markdown and as JSON next to it (``.json``); ``--images`` writes the side-by-side
+axial, coronal and sagittal pictures at lung window (real above, phantom below).
+
+    python scripts/phantom_realism.py --n 4 --out docs/realism.md --images docs/images
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from nodule.data.phantom import generate_phantom
+from nodule.data.scanner import ScannerSettings, apply_scanner
 from nodule.io import Volume, read_volume
+from nodule.lung import segment_lungs
 from nodule.paths import real_ct_dir
 
 WINDOW = (-1350, 150)
+NOTES_MARK = "<!-- notes: kept when the table is regenerated -->"
+REAL_SETTINGS = {"slice_thickness": 3.0, "pixel_spacing": 0.564, "kernel": "sharp"}
+# metric -> (label, kind of target): "hu" within 50 HU, "rel" within 25 %, "range" real inside phantom range
+METRICS: dict[str, tuple[str, str]] = {
+    "lung_volume_l": ("lung volume (l)", "range"),
+    "lung_hu_mean": ("lung HU mean", "hu"),
+    "lung_hu_std": ("lung HU std", "hu"),
+    "lung_hist_w1": ("lung HU histogram Wasserstein-1 to real (HU)", "dist"),
+    "lung_hist_js": ("lung HU histogram Jensen-Shannon distance to real (info)", "info"),
+    "frac_above_500": ("fraction of lung volume > -500 HU", "rel"),
+    "structures_per_l": ("cross-sections > -500 HU per litre (2D, per slice)", "rel"),
+    "structure_d_median_mm": ("cross-section equivalent diameter, median (mm)", "rel"),
+    "structure_d_p90_mm": ("cross-section equivalent diameter, 90th pct (mm)", "rel"),
+    "noise_air_hu": ("noise in air outside the body (HU)", "rel"),
+    "noise_fat_hu": ("noise in subcutaneous fat (HU)", "rel"),
+    "fat_hu_mean": ("subcutaneous fat HU mean", "hu"),
+    "nps_peak_cpmm": ("noise power spectrum peak in soft tissue (cycles/mm)", "rel"),
+    "nps_nyquist_ratio": ("noise power at Nyquist / at peak", "rel"),
+    "chest_wall_mm": ("anterior chest wall thickness (mm)", "rel"),
+}
 
 
-def _views(ax_row: np.ndarray, vol: Volume, z: int, title: str) -> None:
+def _residual(a: np.ndarray) -> np.ndarray:
+    """HU minus its 5 x 5 in-plane median."""
+    return np.asarray(a - ndimage.median_filter(a, size=(1, 5, 5)), np.float32)
+
+
+def body_mask(a: np.ndarray) -> np.ndarray:
+    """The patient's body: largest 3D component above -500 HU, holes filled per slice."""
+    tissue = ndimage.binary_opening(a > -500, structure=np.ones((1, 3, 3), bool))
+    lab, n = ndimage.label(tissue)
+    if n == 0:
+        return np.asarray(tissue, bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    body = lab == int(np.argmax(sizes))
+    return np.asarray([ndimage.binary_fill_holes(s) for s in body])
+
+
+def _hist(values: np.ndarray) -> np.ndarray:
+    h, _ = np.histogram(np.clip(values, -1024, 0), bins=128, range=(-1024, 0))
+    return np.asarray(h / max(h.sum(), 1), np.float64)
+
+
+def wasserstein1(p: np.ndarray, q: np.ndarray, bin_width: float = 8.0) -> float:
+    """Wasserstein-1 distance (HU) between two histograms on the same bins."""
+    return float(np.abs(np.cumsum(p) - np.cumsum(q)).sum() * bin_width)
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, 0..1) between two histograms."""
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+
+    return math.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0))
+
+
+def cross_sections(a: np.ndarray, lung: np.ndarray, ps: float) -> np.ndarray:
+    """Equivalent diameters (mm) of the 2D blobs > -500 HU in the eroded lung of every slice."""
+    inner = ndimage.binary_erosion(lung, structure=np.ones((1, 3, 3), bool), iterations=3)
+    eight = np.ones((3, 3), bool)
+    diam: list[np.ndarray] = []
+    for z in np.nonzero(inner.any(axis=(1, 2)))[0]:
+        region = ndimage.binary_fill_holes(inner[z])
+        lab, n = ndimage.label((a[z] > -500) & region, structure=eight)
+        if n:
+            d = 2.0 * np.sqrt(np.bincount(lab.ravel())[1:] * ps * ps / np.pi)
+            diam.append(d[d >= 1.0])
+    return np.concatenate(diam) if diam else np.zeros(0)
+
+
+def _noise_rois(a: np.ndarray, body: np.ndarray, lung: np.ndarray, ps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Air ROI (in front of the body, >= 10 mm from skin) and subcutaneous fat ROI."""
+    far = ndimage.distance_transform_edt(~body, sampling=(50.0, ps, ps)) > 10.0
+    front = np.zeros_like(body)
+    for z in range(a.shape[0]):
+        rows = np.nonzero(body[z].any(axis=1))[0]
+        if len(rows):
+            front[z, : rows[0]] = True
+    valid = a > -1024  # outside the reconstruction circle / clipped
+    air = far & front & valid & (a < -900)
+    depth = ndimage.distance_transform_edt(body, sampling=(50.0, ps, ps))
+    near_lung = ndimage.distance_transform_edt(~lung, sampling=(50.0, ps, ps))
+    sm = ndimage.uniform_filter(a.astype(np.float32), size=(1, 7, 7))
+    fat = body & (depth > 3.0) & (depth < 40.0) & (near_lung > 12.0) & (sm > -150) & (sm < -50)
+    fat = ndimage.binary_erosion(fat, structure=np.ones((1, 3, 3), bool), iterations=2)
+    return air, fat
+
+
+def chest_wall(a: np.ndarray, body: np.ndarray, lung: np.ndarray, ps: float) -> float:
+    """Anterior chest wall thickness (mm) at mid-lung through each lung's centroid column."""
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    z = (int(zs[0]) + int(zs[-1])) // 2
+    lab, _ = ndimage.label(lung[z])
+    sizes = np.bincount(lab.ravel())[1:]
+    out = []
+    for k in np.argsort(sizes)[::-1][:2]:
+        cx = int(np.rint(ndimage.center_of_mass(lab == k + 1)[1]))
+        col_b, col_l = body[z, :, cx], lab[:, cx] == k + 1
+        if col_b.any() and col_l.any():
+            skin, first = int(np.argmax(col_b)), int(np.argmax(col_l))
+            if skin > 0 and first > skin:
+                out.append((first - skin) * ps)
+    return float(np.mean(out)) if out else float("nan")
+
+
+def noise_spectrum(a: np.ndarray, ps: float, n: int = 16) -> tuple[float, float]:
+    """Noise power spectrum of homogeneous soft-tissue patches: peak frequency and Nyquist/peak ratio.
+
+    Uses every n x n in-plane patch (every third slice) whose mean is -130..150 HU (fat,
+    muscle, mediastinum, liver), whose median is within 15 HU of its mean and whose range
+    is under 700 HU (no bone or air); the radial NPS in 8 bins up to the
+    Nyquist frequency, ignoring the two lowest bins (left-over anatomy); patches whose
+    quadrant means differ by 40 HU or more (an edge) are left out.
+    """
+    patches = []
+    for z in range(0, a.shape[0], 3):
+        grid = a[z, : a.shape[1] // n * n, : a.shape[2] // n * n].reshape(a.shape[1] // n, n, a.shape[2] // n, n)
+        blocks = grid.transpose(0, 2, 1, 3).reshape(-1, n, n)
+        m = blocks.mean(axis=(1, 2))
+        med = np.median(blocks.reshape(len(blocks), -1), axis=1)
+        h = n // 2
+        quad = blocks.reshape(len(blocks), 2, h, 2, h).mean(axis=(2, 4)).reshape(len(blocks), 4)
+        flat = np.ptp(quad, axis=1) < 40  # no edge across the patch
+        ok = (m > -130) & (m < 150) & (np.abs(med - m) < 15) & (np.ptp(blocks, axis=(1, 2)) < 700) & flat
+        patches.append(blocks[ok] - m[ok, None, None])
+    p = np.concatenate(patches)
+    if len(p) < 8:
+        return float("nan"), float("nan")
+    power = (np.abs(np.fft.fft2(p)) ** 2).mean(axis=0)
+    f = np.sqrt(np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(n)[None, :] ** 2).ravel()
+    idx = np.digitize(f, np.linspace(0.0, 0.5, 9))
+    prof = np.array([power.ravel()[idx == i].mean() for i in range(1, 9)])
+    k = 2 + int(np.argmax(prof[2:]))
+    return float((k + 0.5) / 16.0 / ps), float(prof[-1] / prof[k])
+
+
+def scan_metrics(vol: Volume, lung: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """The realism metrics of one scan and its lung HU histogram."""
+    a = vol.array.astype(np.float32)
+    ps, dz = vol.spacing[0], vol.spacing[2]
+    lv = a[lung]
+    d = cross_sections(a, lung, ps)
+    vol_l = float(lung.sum()) * ps * ps * dz / 1e6
+    body = body_mask(a)
+    air, fat = _noise_rois(a, body, lung, ps)
+    res = _residual(a)
+    nps_peak, nps_ratio = noise_spectrum(a, ps)
+    m = {
+        "lung_volume_l": vol_l,
+        "lung_hu_mean": float(lv.mean()),
+        "lung_hu_std": float(lv.std()),
+        "frac_above_500": float((lv > -500).mean()),
+        "structures_per_l": float(len(d) / vol_l),
+        "structure_d_median_mm": float(np.median(d)) if len(d) else float("nan"),
+        "structure_d_p90_mm": float(np.percentile(d, 90)) if len(d) else float("nan"),
+        "noise_air_hu": float(res[air].std()) if air.sum() > 100 else float("nan"),
+        "noise_fat_hu": float(res[fat].std()) if fat.sum() > 100 else float("nan"),
+        "fat_hu_mean": float(a[fat].mean()) if fat.sum() > 100 else float("nan"),
+        "nps_peak_cpmm": nps_peak,
+        "nps_nyquist_ratio": nps_ratio,
+        "chest_wall_mm": chest_wall(a, body, lung, ps),
+    }
+    return m, _hist(lv)
+
+
+def estimate_noise(real: Volume, real_lung: np.ndarray) -> float:
+    """Noise SD (HU) for the phantom: the real fat's residual noise over that of unit sharp noise."""
+    a = real.array.astype(np.float32)
+    _, fat = _noise_rois(a, body_mask(a), real_lung, real.spacing[0])
+    target = float(_residual(a)[fat].std())
+    settings = ScannerSettings(3.0, 3.0, real.spacing[0], 512, "sharp", 1.0)
+    unit = apply_scanner(np.zeros((4, 512, 512), np.float32), settings, np.random.default_rng(0))
+    return target / float(_residual(unit).std())
+
+
+def _target(kind: str, real: float, vals: np.ndarray) -> tuple[str, str, str]:
+    mean = float(np.nanmean(vals))
+    if kind == "range":
+        ok = float(np.nanmin(vals)) <= real <= float(np.nanmax(vals))
+        return f"{(mean - real) / real:+.0%}", "real in range", "pass" if ok else "FAIL"
+    if kind == "hu":
+        return f"{mean - real:+.0f} HU", "+-50 HU", "pass" if abs(mean - real) <= 50 else "FAIL"
+    if kind == "dist":
+        return "-", "<= 50 HU", "pass" if mean <= 50 else "FAIL"
+    if kind == "info":
+        return "-", "-", "-"
+    rel = (mean - real) / real
+    return f"{rel:+.0%}", "+-25 %", "pass" if abs(rel) <= 0.25 else "FAIL"
+
+
+def table(real: dict[str, float], phantoms: list[dict[str, float]]) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table and JSON rows: real, phantom mean (range), difference, target, pass/fail."""
+    lines = ["| metric | real | phantom mean (min-max) | difference | target | result |", "|---|---|---|---|---|---|"]
+    rows = []
+    for key, (label, kind) in METRICS.items():
+        vals = np.array([p[key] for p in phantoms], float)
+        r = real.get(key, 0.0)
+        diff, tgt, res = _target(kind, r, vals)
+        fmt = "{:.3f}" if abs(float(np.nanmean(vals))) < 1 else "{:.1f}"
+        real_s = "-" if kind in ("dist", "info") else fmt.format(r)
+        ph = f"{fmt.format(np.nanmean(vals))} ({fmt.format(np.nanmin(vals))}-{fmt.format(np.nanmax(vals))})"
+        lines.append(f"| {label} | {real_s} | {ph} | {diff} | {tgt} | {res} |")
+        rows.append({"metric": key, "label": label, "real": r, "phantoms": vals.tolist(), "target": tgt, "result": res})
+    return "\n".join(lines), rows
+
+
+def _views(ax_row: np.ndarray, vol: Volume, lung: np.ndarray, title: str) -> None:
     a = vol.array.astype(np.float32)
     sx, sy, sz = vol.spacing
-    ax_row[0].imshow(a[z], cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1])
-    ax_row[0].set_title(f"{title} axial z={z}")
-    ax_row[1].imshow(a[:, a.shape[1] // 2][::-1], cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], aspect=sz / sx)
+    zs = np.nonzero(lung.any(axis=(1, 2)))[0]
+    z = int(zs[0] + 0.55 * (zs[-1] - zs[0]))
+    com = ndimage.center_of_mass(lung)
+    ys = int(com[1])
+    right = lung[:, :, : a.shape[2] // 2].sum(axis=(0, 1))
+    xs = int(np.argmax(right))
+    kw = {"cmap": "gray", "vmin": WINDOW[0], "vmax": WINDOW[1]}
+    ax_row[0].imshow(a[z], **kw)
+    ax_row[0].set_title(f"{title} axial")
+    ax_row[1].imshow(a[:, ys][::-1], aspect=sz / sx, **kw)
     ax_row[1].set_title("coronal")
-    ax_row[2].imshow(a[:, :, int(a.shape[2] * 0.32)][::-1], cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], aspect=sz / sy)
+    ax_row[2].imshow(a[:, :, xs][::-1], aspect=sz / sy, **kw)
     ax_row[2].set_title("sagittal (right lung)")
-    n = a.shape[2]
-    ax_row[3].imshow(a[z, n // 4 : 3 * n // 4, n // 10 : n // 2], cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1])
-    ax_row[3].set_title("axial zoom, right lung")
     for ax in ax_row:
         ax.set_axis_off()
 
 
-def vessel_census(vol: Volume, lung: np.ndarray) -> dict[str, float]:
-    """Bright blobs (> -500 HU) inside the lung per axial slice: count per 100 cm^2 and calibre."""
-    a = ndimage.gaussian_filter(vol.array.astype(np.float32), (0, 0.7, 0.7))
-    inner = ndimage.binary_erosion(lung, iterations=3)
-    ps = vol.spacing[0]
-    area = inner.sum(axis=(1, 2))
-    zs = np.nonzero(area > 0.3 * area.max())[0]
-    counts, diam = [], []
-    for z in zs[len(zs) // 5 : 4 * len(zs) // 5]:
-        region = ndimage.binary_fill_holes(inner[z])
-        lab, _ = ndimage.label((a[z] > -500) & region)
-        d = 2 * np.sqrt(np.bincount(lab.ravel())[1:] * ps * ps / np.pi)
-        d = d[d >= 1.0]
-        counts.append(len(d) / (region.sum() * ps * ps / 1e4))
-        diam.extend(d.tolist())
-    dd = np.asarray(diam)
-    return {
-        "blobs_per_100cm2": float(np.median(counts)),
-        "d_median_mm": float(np.median(dd)),
-        "d_p95_mm": float(np.percentile(dd, 95)),
-        "frac_over_3mm": float((dd > 3).mean()),
-    }
+def render(real: Volume, real_lung: np.ndarray, vol: Volume, lung: np.ndarray, path: Path, label: str) -> None:
+    """Side-by-side axial, coronal, sagittal at lung window: real above, phantom below."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 10), dpi=50)
+    _views(axes[0], real, real_lung, "real CT (B70f, 3 mm)")
+    _views(axes[1], vol, lung, label)
+    plt.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
+    plt.close(fig)
+    Image.fromarray(rgba[..., :3]).convert("L").save(path, optimize=True)  # grey PNG, < 300 KB
 
 
 def main() -> None:
-    """Render the comparison pictures."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    """Compute the table and write pictures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=4, help="number of phantoms")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="full", choices=["small", "full"])
-    parser.add_argument("--slice-thickness", type=float, default=None)
-    parser.add_argument("--kernel", default=None)
-    parser.add_argument("--match-real", action="store_true", help="3 mm, 0.564 mm, sharp kernel, 30 HU")
+    parser.add_argument("--out", type=Path, default=None, help="markdown path (JSON next to it); default prints")
+    parser.add_argument("--images", type=Path, default=None, help="folder of realism_*.png pictures")
+    parser.add_argument("--image-count", type=int, default=2, help="phantoms to draw")
     args = parser.parse_args()
-    from nodule.lung import segment_lungs
 
-    args.out.mkdir(parents=True, exist_ok=True)
     real = read_volume(real_ct_dir())
-    ra = real.array
-    print("real: lung HU percentiles 5/50/95:", np.percentile(ra[(ra > -950) & (ra < -600)], [5, 50, 95]))
-    print("real: vessel census", vessel_census(real, segment_lungs(real).lungs))
-    fixed = {"slice_thickness": args.slice_thickness, "kernel": args.kernel}
-    if args.match_real:
-        fixed = {"slice_thickness": 3.0, "pixel_spacing": 0.564, "kernel": "sharp", "noise": 30.0}
-    for seed in args.seeds:
-        scan = generate_phantom(seed, 0, args.preset, **fixed)
-        vol = scan.volume
-        nod = [f for f in scan.findings if f.kind == "nodule"]
-        z = int(np.rint(vol.world_to_voxel(nod[0].center_xyz)[0, 0])) if nod else int(vol.shape[0] * 0.55)
-        fig, axes = plt.subplots(2, 4, figsize=(24, 12))
-        _views(axes[0], real, int(real.shape[0] * 0.45), "real CT")
-        _views(axes[1], vol, z, f"phantom seed {seed} {scan.scanner.kernel} {scan.scanner.slice_thickness} mm")
-        plt.tight_layout()
-        path = args.out / f"realism_{args.preset}_{seed}.png"
-        plt.savefig(path, dpi=55)
-        plt.close(fig)
-        lung = vol.array[scan.lung > 0]
-        print(f"seed {seed}: {path}; lung HU 5/50/95: {np.percentile(lung, [5, 50, 95])}; findings: {[(f.kind, f.attachment, round(f.diameter_mm, 1)) for f in scan.findings]}")
-        print(f"seed {seed}: vessel census (generator lung label)", vessel_census(vol, scan.lung > 0))
+    real_lung = segment_lungs(real).lungs
+    real_m, real_h = scan_metrics(real, real_lung)
+    noise = estimate_noise(real, real_lung)
+    print(f"real: {real_m}; phantom noise SD {noise:.1f} HU")
+    phantoms: list[dict[str, float]] = []
+    if args.images:
+        args.images.mkdir(parents=True, exist_ok=True)
+    for i in range(args.n):
+        t0 = time.process_time()
+        scan = generate_phantom(args.seed, i, args.preset, noise=noise, **REAL_SETTINGS)  # type: ignore[arg-type]
+        cpu = time.process_time() - t0
+        lung = segment_lungs(scan.volume).lungs
+        m, h = scan_metrics(scan.volume, lung)
+        m["lung_hist_w1"] = wasserstein1(h, real_h)
+        m["lung_hist_js"] = jensen_shannon(h, real_h)
+        phantoms.append(m)
+        print(f"phantom {i} ({cpu:.1f} s CPU): " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))
+        if args.images and i < args.image_count:
+            render(real, real_lung, scan.volume, lung, args.images / f"realism_{i}.png", f"phantom seed {args.seed} index {i}")
+    md, rows = table(real_m, phantoms)
+    cmd = f"python scripts/phantom_realism.py --n {args.n} --seed {args.seed} --preset {args.preset}"
+    head = (
+        f"Real: shared CPTAC-LSCC CT (99 x 512 x 512, 0.564 mm, 3 mm, B70f). Phantoms: {args.n} `{args.preset}` scans "
+        f"(seed {args.seed}, indices 0-{args.n - 1}) with 3 mm slices, 0.564 mm pixels, sharp kernel, noise SD "
+        f"{noise:.1f} HU estimated from the real scan. Lung masks of both: `nodule.lung.segment_lungs`.\n\n"
+        f"`{cmd}`\n\n"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"noise_hu": noise, "real": real_m, "rows": rows}, indent=1))
+        notes = NOTES_MARK + "\n"
+        if args.out.exists() and NOTES_MARK in args.out.read_text():
+            notes = args.out.read_text().split(NOTES_MARK, 1)[1]
+            notes = NOTES_MARK + notes
+        pics = ""
+        if args.images:
+            rel = [Path("images") / f"realism_{i}.png" for i in range(min(args.n, args.image_count))]
+            pics = "\n" + "\n".join(f"![phantom {i} vs real]({p.as_posix()})" for i, p in enumerate(rel)) + "\n\n"
+        args.out.write_text("# Phantom realism\n\n" + head + md + "\n\n" + pics + notes)
+    print(head + md)
 
 
 if __name__ == "__main__":

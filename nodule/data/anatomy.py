@@ -7,8 +7,8 @@ code samples a whole grid chunk (``z`` shaped (n, 1, 1), ``y`` (1, n, 1), ``x`` 
 or a list of points. Distances are "radial" approximations (exact for circles), good
 near surfaces, which is where they are used (soft partial-volume edges, placement).
 
-Compartments: body outline (superellipse-like, flatter at the back) with skin,
-subcutaneous fat and muscle; the thoracic cavity inside the wall; two lungs = cavity
+Compartments: body outline (superellipse-like, flatter at the back, with random
+low-order harmonics) with skin, subcutaneous fat and muscle (pectorals in front); the thoracic cavity inside the wall; two lungs = cavity
 minus mediastinum (a central band, wider at the heart), minus the spine block and the
 heart, above the diaphragm domes (right dome higher) and below rounded apices;
 liver under the right dome and stomach/spleen under the left.
@@ -49,6 +49,9 @@ class BodyPlan:
         blood_hu: blood HU (about 40 plain, 150-350 with IV contrast).
         contrast: whether IV contrast was given.
         liver_hu: liver HU.
+        outline: body outline harmonics ``(k, amplitude, phase)`` flattened (relative
+            radius change ``sum a cos(k angle + phase)``): asymmetric, not a perfect ellipse.
+        pectoral: extra anterior muscle (pectoralis) thickness, mm.
     """
 
     cx: float
@@ -72,6 +75,8 @@ class BodyPlan:
     blood_hu: float
     contrast: bool
     liver_hu: float
+    outline: tuple[float, ...] = ()
+    pectoral: float = 0.0
 
     @property
     def z_top(self) -> float:
@@ -92,8 +97,8 @@ class BodyPlan:
 def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
     """Draw an adult's proportions over a plausible range.
 
-    Body width 270-380 mm, depth 180-280 mm, lung height 190-270 mm (total lung
-    volume about 3-7 l), fat 6-35 mm.
+    Body width 270-370 mm, depth 190-320 mm, lung height 230-310 mm (total lung
+    volume about 3-7 l), fat 4-35 mm, pectoral muscle 6-22 mm.
 
     Args:
         rng: random generator.
@@ -103,14 +108,14 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
         The body plan.
     """
     size = float(rng.uniform(0.0, 1.0))  # overall habitus
-    half_width = 135.0 + 55.0 * size + float(rng.normal(0, 6))
-    depth = 2 * half_width * float(rng.uniform(0.66, 0.8))
+    half_width = 135.0 + 50.0 * size + float(rng.normal(0, 6))
+    depth = 2 * half_width * float(rng.uniform(0.72, 0.86))
     fat = float(np.clip(rng.gamma(2.5, 4.0) * (0.6 + size), 4.0, 35.0))
-    lung_height = float(rng.uniform(190.0, 265.0))
+    lung_height = float(rng.uniform(230.0, 310.0))
     contrast = bool(rng.uniform() < 0.5)
     heart_scale = float(rng.uniform(0.85, 1.15))
     heart_axes = (60.0 * heart_scale, 48.0 * heart_scale, 54.0 * heart_scale)
-    dome_right = float(rng.uniform(0.16, 0.26)) * lung_height
+    dome_right = float(rng.uniform(0.2, 0.3)) * lung_height
     dome_left = dome_right - float(rng.uniform(5.0, 20.0))
     half_back = depth * 0.53
     spine_y = half_back - fat * 0.6 - 62.0
@@ -121,7 +126,7 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
         half_depth_front=depth * 0.48,
         half_depth_back=half_back,
         fat=fat,
-        muscle=float(rng.uniform(7.0, 12.0)),
+        muscle=float(rng.uniform(6.0, 10.0)),
         z_base=z_base,
         lung_height=lung_height,
         dome_right=dome_right,
@@ -131,11 +136,17 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
         heart_axes=heart_axes,
         spine_y=spine_y,
         spine_radius=float(rng.uniform(15.0, 20.0)),
-        lung_hu=float(rng.uniform(-905.0, -830.0)),
-        lung_gradient_hu=float(rng.uniform(20.0, 90.0)),
+        lung_hu=float(rng.uniform(-905.0, -845.0)),
+        lung_gradient_hu=float(rng.uniform(20.0, 70.0)),
         blood_hu=float(rng.uniform(160.0, 320.0)) if contrast else float(rng.uniform(30.0, 50.0)),
         contrast=contrast,
         liver_hu=float(rng.uniform(90.0, 120.0)) if contrast else float(rng.uniform(50.0, 65.0)),
+        outline=tuple(
+            float(v)
+            for k in (2, 3, 4, 5)
+            for v in (k, np.clip(rng.normal(0.0, 0.03 / (k - 1)), -0.05, 0.05), rng.uniform(0.0, 2 * np.pi))
+        ),
+        pectoral=float(rng.uniform(6.0, 22.0)),
     )
 
 
@@ -158,9 +169,32 @@ def body_sd(plan: BodyPlan, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.n
     b = np.where(v < 0, F32(plan.half_depth_front), F32(plan.half_depth_back)).astype(F32)
     # flatter back: posterior rows use a larger exponent through a stretched radius
     q = (u / a) ** 2 + (v / b) ** 2 + np.where(v > 0, (v / b) ** 6 * 0.35, 0).astype(F32)
-    rho = np.sqrt(q)
+    rho = np.sqrt(q) / outline_factor(plan, x, y)
     r = np.sqrt(u * u + v * v)
     return np.asarray(r * (1.0 - 1.0 / np.maximum(rho, 1e-3)), F32)
+
+
+def outline_factor(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Relative radius of the body outline by angle (low-order harmonics around 1)."""
+    if not plan.outline:
+        return np.ones((1,), F32)
+    u, v = _rel(plan, x, y)
+    ang = np.arctan2(v, u)
+    f = np.ones(ang.shape, F32)
+    c = plan.outline
+    for i in range(0, len(c), 3):
+        f += F32(c[i + 1]) * np.cos(F32(c[i]) * ang + F32(c[i + 2]))
+    return np.asarray(f, F32)
+
+
+def muscle_thickness(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Muscle and rib layer thickness (mm) by angle: pectoral muscles in front."""
+    u, v = _rel(plan, x, y)
+    r = np.sqrt(u * u + v * v) + F32(1e-3)
+    front = np.clip(-v / r, 0.0, 1.0)  # 1 straight in front
+    side = np.clip(np.abs(u) / r, 0.0, 1.0)
+    pect = F32(plan.pectoral) * (front * side * F32(2.0)) ** 2  # peaks at +-45 degrees in front
+    return np.asarray(F32(plan.muscle) + pect, F32)
 
 
 def fat_thickness(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -176,7 +210,7 @@ def cavity_sd(
     """Signed distance to the inner surface of the chest wall (pleura), negative inside."""
     if body is None:
         body = body_sd(plan, x, y, z)
-    return np.asarray(body + (fat_thickness(plan, x, y) + F32(2.0 + plan.muscle)), F32)
+    return np.asarray(body + (fat_thickness(plan, x, y) + muscle_thickness(plan, x, y) + F32(2.0)), F32)
 
 
 def dome_height(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -186,7 +220,7 @@ def dome_height(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     uc = 0.38 * inner_w
     q = ((np.abs(u) - uc) / (0.66 * inner_w)) ** 2 + ((v + 0.05 * plan.half_depth_front) / (0.85 * plan.half_depth_back)) ** 2
     dome = np.where(u < 0, F32(plan.dome_right), F32(plan.dome_left)).astype(F32)
-    h = dome * np.clip(1.0 - q, 0.0, None) ** 0.9
+    h = dome * np.clip(1.0 - q, 0.0, None) ** 0.6
     # anterior recess is higher than the posterior one
     h = h + F32(0.12 * plan.dome_left) * np.clip(-v / F32(plan.half_depth_front), 0, 1)
     return np.asarray(F32(plan.z_base) + h, F32)
@@ -202,7 +236,7 @@ def mediastinum_sd(plan: BodyPlan, x: np.ndarray, y: np.ndarray, z: np.ndarray) 
         1.3 - 0.6 * t, 0.7, 1.3
     )
     # anterior junction: narrower toward the sternum
-    width = width * (0.75 + 0.25 * np.clip((v + 40.0) / 60.0, 0.0, 1.0))
+    width = width * (0.45 + 0.55 * np.clip((v + 50.0) / 80.0, 0.0, 1.0))
     band = np.abs(u) - width
     sy = F32(plan.spine_y - plan.cy)
     rs = F32(plan.spine_radius + 7.0)
@@ -235,14 +269,14 @@ def apex_sd(plan: BodyPlan, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.n
     """Signed distance to the rounded lung apices (caps), negative below them."""
     u, v = _rel(plan, x, y)
     inner_w = plan.half_width - plan.wall
-    cu = F32(0.5 * inner_w)
-    au = F32(0.55 * inner_w)
-    av = F32(0.9 * plan.half_depth_back)
-    cv = F32(0.1 * plan.half_depth_back)
-    az = F32(0.6 * plan.lung_height)
+    cu = F32(0.42 * inner_w)
+    au = F32(0.66 * inner_w)
+    av = F32(0.95 * plan.half_depth_back)
+    cv = F32(0.15 * plan.half_depth_back)
+    az = F32(0.7 * plan.lung_height)
     zc = F32(plan.z_top) - az
     w = np.clip(np.asarray(z, F32) - zc, 0.0, None) / az
-    q = ((np.abs(u) - cu) / au) ** 2 + ((v - cv) / av) ** 2 + w**1.6
+    q = ((np.abs(u) - cu) / au) ** 2 + ((v - cv) / av) ** 2 + w**1.25
     return np.asarray((np.sqrt(q) - 1.0) * min(au, az), F32)
 
 

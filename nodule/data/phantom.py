@@ -8,7 +8,8 @@ trachea, great vessels, ribs, sternum), its findings, and a scanner
 1. Noise-free HU on a grid that is finer along z than the output (``k`` sub-slices per
    slice, at most ~0.75 mm apart in ``full``), chunk by chunk: body wall, mediastinum,
    heart, spine, abdomen, lungs (density rising toward the back) and fissures from
-   analytic signed distances with one-pixel soft edges; tubes painted as anti-aliased
+   analytic signed distances with one-pixel soft edges, the patient table behind the
+   back; tubes painted as anti-aliased
    capsules (numba).
 2. The slice sensitivity profile: the ``k`` sub-slices of each slice are averaged, so
    vessels and nodules show partial volume along z.
@@ -17,7 +18,8 @@ trachea, great vessels, ribs, sternum), its findings, and a scanner
    otherwise lobulated ellipsoids through the same renderer), small nodules < 3 mm;
    scars / linear opacities are capsules painted in step 1.
 4. The kernel's MTF and kernel-shaped noise (:func:`nodule.data.scanner.apply_scanner`),
-   the circular field of view (fill -1024 outside), int16.
+   the circular 500 mm scan field of view (fill -1024 outside; a smaller display field
+   of view keeps data in its corners), int16.
 
 Finding proportions (documented choices):
 
@@ -84,6 +86,8 @@ DIAMETER_QUANTILES = (
 )
 DIAMETER_RANGE = (3.0, 30.0)
 
+SCAN_FOV_RADIUS = 250.0  # mm, radius of the scanner's scan field of view
+
 # Tissue HU
 SKIN_HU, FAT_HU, MUSCLE_HU, MEDIASTINUM_HU = 30.0, -100.0, 45.0, 5.0
 CORTEX_HU, MARROW_HU, CARTILAGE_HU, AIRWAY_WALL_HU = 750.0, 220.0, 130.0, 30.0
@@ -114,7 +118,7 @@ class PresetSpec:
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "full": PresetSpec(512, 0.4, 3000, 1.0, 0.75, 2.0, 400),
+    "full": PresetSpec(512, 0.4, 1900, 1.0, 0.75, 2.0, 400),
     "small": PresetSpec(128, 0.9, 170, 2.0, 1.5, 3.0, 64),
 }
 
@@ -531,7 +535,7 @@ def _render_chunk(
     """Noise-free background HU and lung occupancy (z: (m,1,1), y: (1,ny,1), x: (1,1,nx))."""
     f32 = np.float32
     body = an.body_sd(plan, x, y, z)
-    hu = np.full(body.shape, -1000.0, f32)
+    hu = np.array(np.broadcast_to(fixed["outside"], body.shape), f32)  # air and the table
     depth = -body
     tissue = SKIN_HU + (FAT_HU - SKIN_HU) * np.clip(f32(0.5) + (depth - f32(2.0)) / f32(ps), 0, 1)
     tissue += (MUSCLE_HU - FAT_HU) * np.clip(f32(0.5) + (depth - fixed["fat2"]) / f32(ps), 0, 1)
@@ -571,7 +575,7 @@ def _render_chunk(
     del lsd, cav, below
     _mix(hu, fixed["lung_hu"], locc)
     major, minor = an.fissure_sd(plan, x, y, z)
-    amp = f32(min(1.0, 0.25 / ps))
+    amp = f32(min(1.0, 0.12 / ps))
     sheet = np.maximum(np.clip(1 - np.abs(major) / f32(ps), 0, 1), np.clip(1 - np.abs(minor) / f32(ps), 0, 1))
     _mix(hu, 0.0, sheet * (amp * locc))
     del major, minor, sheet
@@ -631,6 +635,27 @@ def _paint_tubes(
         _mix(hu, values[name], occ)
 
 
+def _table(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rng: np.random.Generator) -> np.ndarray:
+    """Air around the patient with the patient table (1, ny, nx): two thin curved shells and foam.
+
+    The table top lies 1-6 mm behind the body's back and curves away from the patient
+    laterally (radius ~ 0.8 m); a second shell 20-30 mm below it, low-density foam between.
+    """
+    f32 = np.float32
+    yy = np.arange(plan.cy, plan.cy + 2.0 * plan.half_depth_back, 0.5)
+    zmid = plan.z_base + 0.5 * plan.lung_height
+    inside = an.body_sd(plan, np.full_like(yy, plan.cx), yy, np.full_like(yy, zmid)) < 0
+    back = float(yy[inside].max()) if inside.any() else plan.cy + plan.half_depth_back
+    top = back + float(rng.uniform(1.0, 6.0))
+    gap = float(rng.uniform(20.0, 30.0))
+    d = y - (f32(top) + (x - f32(plan.cx)) ** 2 / f32(2.0 * rng.uniform(650.0, 950.0)))
+    out = np.full(d.shape, -1000.0, f32)
+    _mix(out, -900.0, _soft(np.abs(d - f32(0.5 * gap)) - f32(0.5 * gap), ps))
+    _mix(out, 150.0, _soft(np.abs(d) - f32(0.8), ps))
+    _mix(out, 20.0, _soft(np.abs(d - f32(gap)) - f32(0.8), ps))
+    return out
+
+
 def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-scan 2D fields (constant along z)."""
     f32 = np.float32
@@ -672,8 +697,9 @@ def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rn
     hys = slice(int(jy[0]), int(jy[-1]) + 1) if len(jy) else slice(0, 0)
     hxs = slice(int(jx[0]), int(jx[-1]) + 1) if len(jx) else slice(0, 0)
     return {
+        "outside": _table(plan, x, y, ps, rng),
         "fat2": (fat + f32(2.0)).astype(f32),
-        "wall": (fat + f32(2.0 + plan.muscle)).astype(f32),
+        "wall": (fat + an.muscle_thickness(plan, x, y) + f32(2.0)).astype(f32),
         "dome": an.dome_height(plan, x, y),
         "abdomen": abdomen.astype(f32),
         "lung_hu": np.broadcast_to(lung_hu, (1, len(yy), 1)).astype(f32),
@@ -810,7 +836,9 @@ def generate_phantom(
 
     apply_scanner(hu, scanner, r_noise)
     rr = (xs[None, :] - center_x) ** 2 + (ys[:, None] - center_y) ** 2
-    hu[:, rr > (0.5 * n * ps) ** 2] = FILL_HU
+    # the scanner reconstructs inside its 500 mm scan field; a smaller display field of
+    # view is a square crop with data in its corners (as in the shared real CT)
+    hu[:, rr > max(0.5 * n * ps, SCAN_FOV_RADIUS) ** 2] = FILL_HU
     out = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     lung = ((lung_occ >= 0.5) * np.where(xs[None, None, :] < plan.cx, 1, 2)).astype(np.uint8)
     volume = Volume(array=out, spacing=grid.spacing, origin=grid.origin, direction=grid.direction, info=info)
