@@ -8,14 +8,17 @@ shared machine); the median of ``--runs`` runs.
 
 Sensitivity (``--sensitivity DIR``): candidates for every scan of a LUNA16-layout
 folder with ``annotations.csv`` (as ``nodule synth`` writes), scored with the LUNA16
-matching (hit: within the nodule's radius): sensitivity, candidates per scan, and the
-misses by nodule type / attachment when the annotations carry those columns.
+matching (hit: within the nodule's radius): sensitivity overall, per detector, per
+nodule type (solid / part-solid / ground-glass / calcified), size (3-5 / 5-10 / 10-20 /
+20-30 mm) and attachment (isolated / juxtavascular / juxtapleural / perifissural, from
+the folder's ``manifest.csv``), candidates per scan, and the misses. ``--candidates CSV``
+scores an existing candidate CSV of the folder instead of detecting.
 
 Targets: under 8 s per scan end to end on the 2-core machine, peak memory under 3 GB;
 sensitivity >= 0.97 at <= 150 candidates per scan.
 
     .venv/bin/python scripts/bench_candidates.py [--runs 3] [--seed 0] [--real-ct DIR]
-    .venv/bin/python scripts/bench_candidates.py --sensitivity DIR [--jobs 2] [--no-timing]
+    .venv/bin/python scripts/bench_candidates.py --sensitivity DIR [--jobs 2] [--no-timing] [--candidates CSV]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "merge", "total")
@@ -86,36 +90,135 @@ def _print_timing(name: str, res: dict[str, Any]) -> None:
     print(f"  peak RSS {res['peak_mb']:.0f} MB")
 
 
-def sensitivity(folder: Path, jobs: int, out: Path) -> None:
-    """Candidates of every scan of a LUNA16-layout folder, scored against its annotations."""
-    from nodule.candidates.batch import run_batch
-    from nodule.data.luna16 import read_annotations
+SIZE_BINS = ((3.0, 5.0), (5.0, 10.0), (10.0, 20.0), (20.0, 30.0))
+TYPES = ("solid", "part-solid", "ground-glass", "calcified")
+ATTACHMENTS = ("isolated", "juxtavascular", "juxtapleural", "perifissural")
+
+
+def _with_manifest(nodules: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Each nodule with the ``nodule_type`` and ``attachment`` of the nearest manifest finding of its scan."""
+    out = nodules.copy()
+    out["nodule_type"] = ""
+    out["attachment"] = ""
+    coords = ["coordX", "coordY", "coordZ"]
+    for uid, rows in out.groupby("seriesuid"):
+        found = manifest[manifest["seriesuid"].astype(str) == str(uid)]
+        if found.empty:
+            continue
+        d = np.linalg.norm(rows[coords].to_numpy(float)[:, None] - found[coords].to_numpy(float)[None], axis=2)
+        best = found.iloc[d.argmin(axis=1)]
+        for c in ("nodule_type", "attachment"):
+            if c in found.columns:
+                out.loc[rows.index, c] = best[c].astype(str).to_numpy()
+    return out
+
+
+def _detectors_hitting(nodules: pd.DataFrame, candidates: pd.DataFrame) -> pd.Series:
+    """Per nodule, the ``+``-joined detectors of every candidate within its radius (LUNA16 hit)."""
+    coords = ["coordX", "coordY", "coordZ"]
+    by_uid = {str(u): g for u, g in candidates.groupby("seriesuid")}
+    hit_by: list[str] = []
+    for _, n in nodules.iterrows():
+        c = by_uid.get(str(n["seriesuid"]))
+        if c is None:
+            hit_by.append("")
+            continue
+        d = np.linalg.norm(c[coords].to_numpy(float) - n[coords].to_numpy(float), axis=1)
+        near = c.loc[d < n["diameter_mm"] / 2, "detectors"].astype(str)
+        hit_by.append("+".join(sorted({x for s in near for x in s.split("+")})))
+    return pd.Series(hit_by, index=nodules.index, dtype=object)
+
+
+def breakdown(nodules: pd.DataFrame) -> list[str]:
+    """Lines of the sensitivity breakdown: overall, per detector, type, size and attachment.
+
+    Args:
+        nodules: one row per nodule with ``hit``, ``diameter_mm``, ``nodule_type``,
+            ``attachment`` and ``hit_by`` (the detectors hitting it).
+
+    Returns:
+        Printable lines.
+    """
+
+    def line(name: str, sel: pd.Series) -> str:
+        n = int(sel.sum())
+        h = int(nodules.loc[sel, "hit"].astype(bool).sum())
+        return f"  {name:<16s} {h:4d} / {n:<4d} " + (f"{h / n:.3f}" if n else "  -")
+
+    everything = pd.Series(True, index=nodules.index)
+    lines = ["overall:", line("all", everything), "per detector (nodules hit by its candidates):"]
+    for d in ("solid", "subsolid", "large_solid"):
+        n = len(nodules)
+        h = int(nodules["hit_by"].str.split("+").apply(lambda s, d=d: d in s).sum())
+        lines.append(f"  {d:<16s} {h:4d} / {n:<4d} {h / max(n, 1):.3f}")
+    lines.append("per type:")
+    lines += [line(t, nodules["nodule_type"] == t) for t in TYPES]
+    lines.append("per size (mm):")
+    size = nodules["diameter_mm"].astype(float)
+    lines += [line(f"{a:g}-{b:g}", (size >= a) & (size < b)) for a, b in SIZE_BINS]
+    lines.append("per attachment:")
+    lines += [line(a, nodules["attachment"] == a) for a in ATTACHMENTS]
+    return lines
+
+
+def sensitivity(folder: Path, jobs: int, out: Path, candidates: Path | None = None) -> None:
+    """Candidates of every scan of a LUNA16-layout folder, scored against its annotations.
+
+    Prints the sensitivity overall, per detector, per nodule type, size and attachment
+    (from ``manifest.csv`` when the folder has one), candidates per scan and the misses.
+
+    Args:
+        folder: LUNA16-layout folder with ``annotations.csv`` (``nodule synth`` output).
+        jobs: parallel processes.
+        out: where the candidate CSV is written.
+        candidates: an existing candidate CSV of these scans to score instead of detecting.
+    """
+    from nodule.data.luna16 import read_annotations, read_seriesuids
     from nodule.evaluation.froc import evaluate_froc
 
     pd.set_option("display.width", 200)
     t = time.perf_counter()
-    result = run_batch([folder], out, jobs=jobs)
+    if candidates is None:
+        from nodule.candidates.batch import run_batch
+
+        result = run_batch([folder], out, jobs=jobs)
+        ok = result.summary[result.summary["status"] == "ok"]
+        uids = ok["seriesuid"].astype(str).tolist()
+        n_failed = len(result.summary) - len(uids)
+        table = result.candidates
+    else:
+        table = pd.read_csv(candidates, dtype={"seriesuid": str})
+        uids = read_seriesuids(folder / "seriesuids.csv")
+        n_failed = 0
+        ok = None
     seconds = time.perf_counter() - t
-    ok = result.summary[result.summary["status"] == "ok"]
-    uids = ok["seriesuid"].astype(str).tolist()
     annotations = read_annotations(folder / "annotations.csv")
     annotations = annotations[annotations["seriesuid"].isin(uids)].reset_index(drop=True)
-    res = evaluate_froc(result.candidates, annotations, seriesuids=uids, n_bootstrap=0, max_marks_per_scan=None)
-    per_scan = ok["n_candidates"].astype(float)
-    print(f"\nsensitivity on {folder}: {len(uids)} scans ({len(result.summary) - len(uids)} failed), {seconds:.0f} s")
-    print(f"  nodules {res.n_nodules}, hit {res.n_hits}: sensitivity {res.n_hits / max(res.n_nodules, 1):.3f}")
+    excluded_path = folder / "annotations_excluded.csv"
+    excluded = read_annotations(excluded_path) if excluded_path.exists() else None
+    res = evaluate_froc(
+        table, annotations, excluded=excluded, seriesuids=uids, n_bootstrap=0, max_marks_per_scan=None
+    )
+    per_scan = table.groupby("seriesuid").size().reindex(uids, fill_value=0).astype(float)
+    print(f"\nsensitivity on {folder}: {len(uids)} scans ({n_failed} failed), {seconds:.0f} s")
     print(f"  candidates per scan: mean {per_scan.mean():.1f}, max {per_scan.max():.0f}")
-    for d in ("solid", "subsolid", "large_solid"):
-        print(f"  {d}: mean {ok[f'n_{d}'].astype(float).mean():.1f} per scan before merging")
-    nodules = res.nodules
-    hit_col = next((c for c in ("hit", "detected", "is_hit") if c in nodules.columns), None)
-    if hit_col is not None:
-        missed = nodules[~nodules[hit_col].astype(bool)]
-        extra = [c for c in ("nodule_type", "attachment", "diameter_mm") if c in annotations.columns]
-        if len(missed):
-            merged = missed.merge(annotations, on=["seriesuid", "coordX", "coordY", "coordZ"], how="left", suffixes=("", "_a"))
-            cols = ["seriesuid", "coordX", "coordY", "coordZ", *[c for c in extra if c in merged.columns]]
-            print("  missed:\n" + merged[cols].to_string(index=False))
+    if ok is not None:
+        for d in ("solid", "subsolid", "large_solid"):
+            print(f"  {d}: mean {ok[f'n_{d}'].astype(float).mean():.1f} per scan before merging")
+        print(f"  seconds per scan (total): mean {ok['seconds_total'].astype(float).mean():.1f}")
+    manifest_path = folder / "manifest.csv"
+    manifest = pd.read_csv(manifest_path, dtype={"seriesuid": str}) if manifest_path.exists() else pd.DataFrame(
+        columns=["seriesuid", "coordX", "coordY", "coordZ"]
+    )
+    if "kind" in manifest.columns:
+        manifest = manifest[manifest["kind"] == "nodule"]
+    nodules = _with_manifest(res.nodules, manifest)
+    nodules["hit_by"] = _detectors_hitting(nodules, table)
+    print("\n".join(breakdown(nodules)))
+    missed = nodules[~nodules["hit"].astype(bool)]
+    if len(missed):
+        cols = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "nodule_type", "attachment"]
+        print("  missed:\n" + missed[cols].to_string(index=False))
 
 
 def main() -> None:
@@ -125,6 +228,7 @@ def main() -> None:
     parser.add_argument("--real-ct", type=Path, default=None, help="DICOM folder (default $NODULE_DATA/real_ct/...)")
     parser.add_argument("--synthetic", type=Path, default=None, help="a full synthetic .mhd (default: generate one)")
     parser.add_argument("--sensitivity", type=Path, default=None, help="LUNA16-layout folder with annotations.csv")
+    parser.add_argument("--candidates", type=Path, default=None, help="score this candidate CSV instead of detecting")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args()
@@ -146,7 +250,7 @@ def main() -> None:
                 _print_timing("real CT", _timed(real, args.runs))
     if args.sensitivity is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            sensitivity(args.sensitivity, args.jobs, Path(tmp) / "candidates.csv")
+            sensitivity(args.sensitivity, args.jobs, Path(tmp) / "candidates.csv", args.candidates)
 
 
 if __name__ == "__main__":

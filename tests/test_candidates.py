@@ -39,7 +39,7 @@ class Phantom:
 def _lung_boundary_x(centre: tuple[float, float, float], z: float, y: float, side: int) -> float:
     cz, cy, cx = centre
     f = np.sqrt(1.0 - ((z - cz) / LUNG_SEMI[0]) ** 2 - ((y - cy) / LUNG_SEMI[1]) ** 2)
-    return cx + side * LUNG_SEMI[2] * f
+    return float(cx + side * LUNG_SEMI[2] * f)
 
 
 def make_phantom(seed: int = 0) -> Phantom:
@@ -133,7 +133,7 @@ def _distances_mm(det: pd.DataFrame, centre_mm: tuple[float, float, float]) -> n
     # work grid: 1 mm voxels whose corner is the phantom's corner (centre of voxel 0 at 0.5 mm - half a phantom voxel)
     offset = np.array([0.5 - SPACING_XYZ[2] / 2, 0.5 - SPACING_XYZ[1] / 2, 0.5 - SPACING_XYZ[0] / 2])
     pts = det[["z", "y", "x"]].to_numpy(dtype=float) + offset
-    return np.sqrt(((pts - np.asarray(centre_mm)) ** 2).sum(axis=1))
+    return np.asarray(np.sqrt(((pts - np.asarray(centre_mm)) ** 2).sum(axis=1)))
 
 
 def test_solid_finds_nodule_not_vessel(phantom: Phantom, work: tuple[np.ndarray, np.ndarray]) -> None:
@@ -278,3 +278,39 @@ def test_merge_inside_a_large_candidate() -> None:
     merged = merge_candidates(table, 5.0, radius_fraction=1.0)
     assert len(merged) == 2
     assert merged.iloc[0]["detectors"] == "large_solid+solid"
+
+
+def _pleural_slab(seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A 1 mm grid of lung (-850 HU) against a chest wall (x >= 40, 40 HU) with a ground-glass
+    nodule (-600 HU, 6 mm) that touches the pleura. Returns the array, the lung mask (the wall excluded) and the ground-glass centre (z, y, x)."""
+    from scipy import ndimage as ndi
+
+    shape = (48, 64, 56)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    hu = np.where(x >= 40, 40.0, -850.0).astype(np.float32)
+    centre = (24.0, 20.0, 37.5)  # 2.5 mm from the wall: the ball overlaps the pleura
+    r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+    hu = np.where((r <= 3.0) & (x < 40), -600.0, hu)
+    hu = np.asarray(ndi.gaussian_filter(hu, 0.7), dtype=np.float32)  # scanner blur
+    hu += np.random.default_rng(seed).normal(0.0, 15.0, shape).astype(np.float32)
+    return hu, x < 40, centre
+
+
+def test_subsolid_finds_juxtapleural_ground_glass() -> None:
+    array, lung, centre = _pleural_slab()
+    det = detect_subsolid(array, lung, (1.0, 1.0, 1.0))
+    dist = np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1)
+    assert (dist < 3.0).any()
+    assert det.loc[dist < 3.0, "mean_hu"].iloc[0] < -400
+
+
+@pytest.mark.parametrize("radius_mm, spacing", [(1.0, (1.0, 1.0, 1.0)), (4.0, (2.0, 2.0, 2.0)), (1.5, (2.0, 0.8, 0.8))])
+def test_binary_open_matches_scipy(radius_mm: float, spacing: tuple[float, float, float]) -> None:
+    from scipy import ndimage as ndi
+
+    from nodule.candidates.subsolid import ball, binary_open
+
+    rng = np.random.default_rng(1)
+    mask = np.asarray(ndi.gaussian_filter(rng.normal(size=(30, 36, 40)), 1.5) > 0.03)
+    structure = ball(radius_mm, spacing)
+    np.testing.assert_array_equal(binary_open(mask, structure), ndi.binary_opening(mask, structure=structure))

@@ -10,8 +10,15 @@ strong response, straight vessels of any calibre almost none.
 2. Candidates are local maxima (26-neighbourhood) of the response above
    ``min_response``; maxima closer than half the candidate's diameter (at least
    ``min_separation_mm``) to a stronger one are dropped.
-3. Score: ``1 - exp(-response / score_scale_hu)`` times the eigenvalue ratio
+3. Blob score: ``1 - exp(-response / score_scale_hu)`` times the eigenvalue ratio
    ``lambda_1 / lambda_3`` raised to ``ratio_power`` (1 for a ball, 0 for a tube).
+   The best ``rerank_pool x max_candidates`` by blob score get their features (step
+   4); the final score divides the blob score by the region's elongation raised to
+   ``elongation_power``, and the best ``max_candidates`` by it are kept. Near the
+   pleura and on vessel junctions the eigenvalue ratio alone ranks poorly (a nodule
+   on the chest wall is a bump on a plate); the elongation of the thresholded region
+   tells a round nodule from a piece of vessel (on 24 synthetic scans a 7 mm
+   juxtapleural nodule moves from rank 116 to 71).
 4. Features come from the component above ``region_hu`` around the centre, cut to a
    ball of 1.5 x the radius of the best scale (radius ~ sqrt(3) sigma); the diameter is
    that region's equivalent diameter (2 sqrt(3) sigma where the region is empty), and
@@ -45,6 +52,9 @@ class SolidConfig:
         min_separation_mm: smallest distance between two solid candidates.
         region_hu: threshold of the region the features are measured on.
         max_candidates: the best this many are kept.
+        rerank_pool: features are measured for the best ``rerank_pool x max_candidates``
+            by blob score, which are then ranked by the final score.
+        elongation_power: exponent of the elongation penalty of the final score.
     """
 
     sigmas_mm: tuple[float, ...] = (1.0, 1.5, 2.25, 3.4)
@@ -54,7 +64,9 @@ class SolidConfig:
     ratio_power: float = 0.5
     min_separation_mm: float = 3.0
     region_hu: float = -400.0
-    max_candidates: int = 100
+    max_candidates: int = 115
+    rerank_pool: float = 2.0
+    elongation_power: float = 1.0
 
 
 _NEIGHBOURS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
@@ -139,7 +151,7 @@ def detect_solid(
     radius = np.sqrt(3.0) * sigma
     order = np.argsort(-score, kind="stable")
     kept = suppress(zyx * sp, order, np.maximum(config.min_separation_mm, radius))
-    kept = kept[: config.max_candidates]
+    kept = kept[: int(np.ceil(config.rerank_pool * config.max_candidates))]
     rows = []
     for i in kept:
         f = region_features(array, spacing_zyx, zyx[i], 1.5 * radius[i], config.region_hu)
@@ -151,11 +163,12 @@ def detect_solid(
                 "z": centre[0],
                 "y": centre[1],
                 "x": centre[2],
-                "score": float(score[i]),
+                "score": float(score[i]) / max(1.0, f.elongation) ** config.elongation_power,
                 "diameter_mm": f.diameter_mm if f.volume_mm3 > 0 else float(2.0 * radius[i]),
                 "volume_mm3": f.volume_mm3,
                 "mean_hu": f.mean_hu,
                 "elongation": f.elongation,
             }
         )
-    return detections_frame(rows, "solid")
+    rows.sort(key=lambda r: -r["score"])
+    return detections_frame(rows[: config.max_candidates], "solid")

@@ -11,7 +11,7 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    nodule into one large region.
 2. Partial-volume rims of vessels, airway walls and the pleura fall in the same band:
    band voxels within ``rim_mm`` (a cube neighbourhood: a separable maximum filter) of
-   a voxel denser than ``high_hu`` are removed, then
+   a voxel denser than ``rim_hu`` (default ``high_hu``) are removed, then
    a morphological opening (ball of ``opening_mm``) removes thin remains.
 3. Connected components with an equivalent diameter in ``[min_diameter_mm,
    max_diameter_mm]`` and an elongation up to ``max_elongation`` are candidates.
@@ -24,6 +24,14 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    the other lung voxels below ``low_hu`` within ``background_mm`` of its centre),
    ``1 - exp(-contrast / contrast_scale_hu)``, divided by the elongation. The local background matters: dependent lung is denser than the rest,
    and large faint regions there are no nodules.
+5. Second pass (``extra_candidates`` > 0): steps 2-3 again with rims only around
+   voxels denser than ``extra_rim_hu`` (-100 HU: soft tissue and vessel cores) and
+   components from ``extra_min_diameter_mm`` (3 mm). Removing the rims of everything
+   above ``high_hu`` also strips the ground glass around a part-solid core and the
+   half of a juxtapleural ground-glass nodule that blurs into the pleura, leaving less
+   than 5 mm; this pass finds those. Its candidates away from the first pass's (not
+   within their radius) are added, the best ``extra_candidates`` of them: the pass
+   alone gives several times more candidates, so it only adds to the first.
 """
 
 from __future__ import annotations
@@ -53,13 +61,17 @@ class SubsolidConfig:
         contrast_step_hu: step between the contrast thresholds, HU.
         background_sigma_mm: Gaussian sigma of the local lung background, mm.
         rim_mm: band voxels this close to solid voxels are removed.
+        rim_hu: density of the solid voxels whose rims are removed (None: ``high_hu``).
         opening_mm: radius of the opening ball, mm.
         min_diameter_mm: smallest equivalent diameter of a candidate.
         max_diameter_mm: largest equivalent diameter of a candidate.
         max_elongation: largest elongation of a candidate.
         background_mm: radius of the ball the local lung background is taken from, mm.
         contrast_scale_hu: contrast scale of the score, HU.
-        max_candidates: the best this many are kept.
+        max_candidates: the best this many of the first pass are kept.
+        extra_candidates: up to this many of the second pass are added (0: no second pass).
+        extra_rim_hu: ``rim_hu`` of the second pass.
+        extra_min_diameter_mm: ``min_diameter_mm`` of the second pass.
     """
 
     smooth_mm: float = 1.0
@@ -70,6 +82,7 @@ class SubsolidConfig:
     contrast_step_hu: float = 60.0
     background_sigma_mm: float = 8.0
     rim_mm: float = 1.0
+    rim_hu: float | None = None
     opening_mm: float = 1.0
     min_diameter_mm: float = 5.0
     max_diameter_mm: float = 34.0
@@ -77,15 +90,47 @@ class SubsolidConfig:
     background_mm: float = 15.0
     contrast_scale_hu: float = 150.0
     max_candidates: int = 35
+    extra_candidates: int = 10
+    extra_rim_hu: float = -100.0
+    extra_min_diameter_mm: float = 3.0
 
 
-def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+def ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
     """Boolean ball structuring element of ``radius_mm`` (at least the 6-neighbourhood)."""
     sp = np.asarray(spacing_zyx, dtype=np.float64)
     r = np.maximum(1, np.round(radius_mm / sp)).astype(int)
     grids = np.ogrid[tuple(slice(-int(k), int(k) + 1) for k in r)]
     d2 = sum((g * s) ** 2 for g, s in zip(grids, sp, strict=True))
     return np.asarray(d2 <= max(radius_mm, float(sp.min())) ** 2 + 1e-9)
+
+
+def shifted_all(mask: np.ndarray, offsets: np.ndarray, erode: bool) -> np.ndarray:
+    """AND (``erode``) or OR of ``mask`` shifted by each offset (z, y, x); outside counts as False."""
+    out = np.ones_like(mask) if erode else np.zeros_like(mask)
+    n = mask.shape
+    for off in offsets:
+        # out[p] op= mask[p + off] for erosion; out[p + off] |= mask[p] for dilation
+        src = tuple(slice(max(0, int(o)), min(k, k + int(o))) for o, k in zip(off, n, strict=True))
+        dst = tuple(slice(max(0, -int(o)), min(k, k - int(o))) for o, k in zip(off, n, strict=True))
+        if erode:
+            view = np.zeros_like(mask)
+            view[dst] = mask[src]
+            out &= view
+        else:
+            out[src] |= mask[dst]
+    return out
+
+
+def binary_open(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Binary opening of ``mask`` with a symmetric ``structure`` (background outside the array).
+
+    The same result as ``scipy.ndimage.binary_opening`` for symmetric structures, by
+    shifted logical ANDs / ORs: for the small structures used here (the 6-neighbourhood)
+    several times faster than the general filter.
+    """
+    centre = np.asarray(structure.shape) // 2
+    offsets = np.argwhere(structure) - centre
+    return shifted_all(shifted_all(mask, offsets, erode=True), offsets, erode=False)
 
 
 def background_map(
@@ -131,7 +176,13 @@ def _background(
 
 
 def _components(
-    band: np.ndarray, offset: np.ndarray, smooth: np.ndarray, lung: np.ndarray, sp: np.ndarray, config: SubsolidConfig
+    band: np.ndarray,
+    offset: np.ndarray,
+    smooth: np.ndarray,
+    lung: np.ndarray,
+    sp: np.ndarray,
+    config: SubsolidConfig,
+    min_diameter_mm: float,
 ) -> list[dict[str, float]]:
     """Candidate rows of the components of ``band`` (a box of the grid starting at voxel
     ``offset``) that pass the size and shape filters; centres in voxels of the grid."""
@@ -141,7 +192,7 @@ def _components(
     voxel_mm3 = float(np.prod(sp))
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     diam = equivalent_diameter(counts * voxel_mm3)
-    ok = (diam >= config.min_diameter_mm) & (diam <= config.max_diameter_mm)
+    ok = (diam >= min_diameter_mm) & (diam <= config.max_diameter_mm)
     ok[0] = False
     rows = []
     objects = ndi.find_objects(labels)
@@ -173,6 +224,53 @@ def _components(
     return rows
 
 
+def _band_candidates(
+    smooth: np.ndarray,
+    lung: np.ndarray,
+    sp: np.ndarray,
+    blocks: np.ndarray,
+    factors: tuple[int, int, int],
+    config: SubsolidConfig,
+    in_band: np.ndarray,
+    min_diameter_mm: float,
+) -> list[dict[str, float]]:
+    """Steps 1-3 of the module docstring on a band with its rims removed, with the given
+    smallest diameter: candidate rows (centres in voxels), best first, one per nodule."""
+    spacing_zyx = tuple(float(v) for v in sp)
+    # the rest works on the band's voxels and their bounding box only (the band is sparse)
+    idx = np.nonzero(in_band)
+    excess = smooth[idx] - sample_blocks(blocks, factors, idx)
+    keep = excess > config.min_contrast_hu
+    if not keep.any():
+        return []
+    idx = tuple(i[keep] for i in idx)
+    excess = excess[keep]
+    structure = ball(config.opening_mm, spacing_zyx)
+    lo = [max(0, int(i.min()) - 1) for i in idx]
+    hi = [min(n, int(i.max()) + 2) for i, n in zip(idx, smooth.shape, strict=True)]
+    local = tuple(i - o for i, o in zip(idx, lo, strict=True))
+    band0 = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
+    band0[local] = True
+    excess_box = np.zeros(band0.shape, dtype=np.float32)
+    excess_box[local] = excess
+    opened = binary_open(band0, structure)
+    offset = np.asarray(lo, dtype=np.float64)
+    rows: list[dict[str, float]] = []
+    for step in range(config.contrast_levels):
+        band = opened & (excess_box > config.min_contrast_hu + step * config.contrast_step_hu) if step else opened
+        rows.extend(_components(band, offset, smooth, lung, sp, config, min_diameter_mm))
+    if not rows:
+        return []
+    # the same nodule found at several levels: keep the best-scoring one
+    rows.sort(key=lambda r: -r["score"])
+    pts = np.array([[r["z"], r["y"], r["x"]] for r in rows]) * sp
+    radius = np.array([max(r["diameter_mm"] / 2, 1.0) for r in rows])
+    keep = suppress(pts, np.arange(len(rows)), radius)
+    rows = [rows[i] for i in keep]
+    rows.sort(key=lambda r: -r["score"])
+    return rows
+
+
 def detect_subsolid(
     array: np.ndarray,
     lung: np.ndarray,
@@ -199,41 +297,37 @@ def detect_subsolid(
         smooth = gaussian(array, config.smooth_mm, spacing_zyx)
         if smoothed is not None:
             smoothed[config.smooth_mm] = smooth
-    in_band = lung & (smooth > config.low_hu) & (smooth <= config.high_hu)
-    # within rim_mm of a solid voxel (cube neighbourhood; separable maximum filter)
-    size = [2 * max(1, round(config.rim_mm / s)) + 1 for s in spacing_zyx]
-    dense = (smooth > config.high_hu).view(np.uint8)
-    in_band &= ndi.maximum_filter(dense, size=size) == 0
     blocks, factors = background_map(smooth, lung, sp, config.background_sigma_mm, config.low_hu)
-    # the rest works on the band's voxels and their bounding box only (the band is sparse)
-    idx = np.nonzero(in_band)
-    excess = smooth[idx] - sample_blocks(blocks, factors, idx)
-    keep = excess > config.min_contrast_hu
-    if not keep.any():
-        return detections_frame([], "subsolid")
-    idx = tuple(i[keep] for i in idx)
-    excess = excess[keep]
-    structure = _ball(config.opening_mm, spacing_zyx)
-    lo = [max(0, int(i.min()) - 1) for i in idx]
-    hi = [min(n, int(i.max()) + 2) for i, n in zip(idx, smooth.shape, strict=True)]
-    local = tuple(i - o for i, o in zip(idx, lo, strict=True))
-    band0 = np.zeros([b - a for a, b in zip(lo, hi, strict=True)], dtype=bool)
-    band0[local] = True
-    excess_box = np.zeros(band0.shape, dtype=np.float32)
-    excess_box[local] = excess
-    opened = ndi.binary_opening(band0, structure=structure)
-    offset = np.asarray(lo, dtype=np.float64)
-    rows: list[dict[str, float]] = []
-    for step in range(config.contrast_levels):
-        band = opened & (excess_box > config.min_contrast_hu + step * config.contrast_step_hu) if step else opened
-        rows.extend(_components(band, offset, smooth, lung, sp, config))
-    if not rows:
-        return detections_frame([], "subsolid")
-    # the same nodule found at several levels: keep the best-scoring one
+    rim_hu = config.high_hu if config.rim_hu is None else config.rim_hu
+    passes = [rim_hu, config.extra_rim_hu] if config.extra_candidates > 0 else [rim_hu]
+    # rims (within rim_mm of a denser voxel; cube neighbourhood, separable maximum filter)
+    # of both passes from one filter: the level of a voxel is how many rim densities it exceeds
+    levels = sorted(set(passes))
+    level = np.zeros(smooth.shape, dtype=np.uint8)
+    for t in levels:
+        level += (smooth > t).view(np.uint8)
+    size = [2 * max(1, round(config.rim_mm / s)) + 1 for s in spacing_zyx]
+    near = ndi.maximum_filter(level, size=size)
+    in_band = lung & (smooth > config.low_hu) & (smooth <= config.high_hu)
+    del level
+
+    def band(rim: float) -> np.ndarray:
+        return np.asarray(in_band & (near <= levels.index(rim)))
+
+    rows = _band_candidates(smooth, lung, sp, blocks, factors, config, band(rim_hu), config.min_diameter_mm)[
+        : config.max_candidates
+    ]
+    if config.extra_candidates > 0:
+        # second pass: small and juxtapleural ground glass (see the module docstring)
+        extra = _band_candidates(
+            smooth, lung, sp, blocks, factors, config, band(config.extra_rim_hu), config.extra_min_diameter_mm
+        )
+        if rows and extra:
+            have = np.array([[r["z"], r["y"], r["x"]] for r in rows]) * sp
+            reach = np.array([max(r["diameter_mm"] / 2, config.min_diameter_mm / 2) for r in rows])
+            pts = np.array([[r["z"], r["y"], r["x"]] for r in extra]) * sp
+            d = np.linalg.norm(pts[:, None] - have[None], axis=2)
+            extra = [r for r, far in zip(extra, (d > reach[None]).all(axis=1), strict=True) if far]
+        rows = rows + extra[: config.extra_candidates]
     rows.sort(key=lambda r: -r["score"])
-    pts = np.array([[r["z"], r["y"], r["x"]] for r in rows]) * sp
-    radius = np.array([max(r["diameter_mm"] / 2, 1.0) for r in rows])
-    keep = suppress(pts, np.arange(len(rows)), radius)
-    rows = [rows[i] for i in keep]
-    rows.sort(key=lambda r: -r["score"])
-    return detections_frame(rows[: config.max_candidates], "subsolid")
+    return detections_frame(rows, "subsolid")
