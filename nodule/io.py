@@ -220,7 +220,7 @@ def read_volume(
         return read_dicom_series(p, series_uid, allow_non_ct=allow_non_ct)
     if _volume_suffix(p):
         return read_image_file(p)
-    if _looks_like_dicom(p):
+    if looks_like_dicom(p):
         header = _read_header(p)
         uid = series_uid or str(header.get("SeriesInstanceUID", ""))
         return read_dicom_series(p.parent, uid or None, allow_non_ct=allow_non_ct)
@@ -356,7 +356,8 @@ def _volume_suffix(path: Path) -> str:
     return next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
+    """True when ``path`` has a DICOM suffix or the ``DICM`` preamble marker (reads 132 bytes)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
@@ -487,7 +488,7 @@ def _check_unlisted_files(folder: Path, files: Sequence[Path]) -> None:
     class without image data.
     """
     for path in files:
-        if not _looks_like_dicom(path):
+        if not looks_like_dicom(path):
             logger.debug("%s: not DICOM, skipped", path)
             continue
         with warnings.catch_warnings():

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nodule.candidates.detect import DETECTORS, CandidateConfig, detect_candidates, empty_candidates
-from nodule.io import DICOM_SUFFIXES, VOLUME_SUFFIXES, read_volume
+from nodule.io import DICOM_SUFFIXES, VOLUME_SUFFIXES, looks_like_dicom, read_volume
 
 SUMMARY_COLUMNS = (
     "study",
@@ -75,16 +75,11 @@ def _is_volume_file(path: Path) -> bool:
 
 def _looks_like_dicom(path: Path) -> bool:
     name = path.name.lower()
-    if name.endswith(DICOM_SUFFIXES):
-        return True
-    if name.endswith(_SKIP_SUFFIXES) or _is_volume_file(path) or name.startswith("."):
+    if not name.endswith(DICOM_SUFFIXES) and (
+        name.endswith(_SKIP_SUFFIXES) or _is_volume_file(path) or name.startswith(".")
+    ):
         return False
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    return looks_like_dicom(path)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
