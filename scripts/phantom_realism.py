@@ -317,9 +317,12 @@ def main() -> None:
     phantoms: list[dict[str, float]] = []
     if args.images:
         args.images.mkdir(parents=True, exist_ok=True)
+    # The small preset keeps its own coarse pixels (its 128 x 128 matrix at the real scan's
+    # 0.564 mm would cover only 72 mm); the full preset takes all the real scan's settings.
+    settings = {k: v for k, v in REAL_SETTINGS.items() if args.preset == "full" or k != "pixel_spacing"}
     for i in range(args.n):
         t0 = time.process_time()
-        scan = generate_phantom(args.seed, i, args.preset, noise=noise, **REAL_SETTINGS)  # type: ignore[arg-type]
+        scan = generate_phantom(args.seed, i, args.preset, noise=noise, **settings)  # type: ignore[arg-type]
         cpu = time.process_time() - t0
         lung = segment_lungs(scan.volume).lungs
         m, h = scan_metrics(scan.volume, lung)
@@ -333,7 +336,8 @@ def main() -> None:
     cmd = f"python scripts/phantom_realism.py --n {args.n} --seed {args.seed} --preset {args.preset}"
     head = (
         f"Real: shared CPTAC-LSCC CT (99 x 512 x 512, 0.564 mm, 3 mm, B70f). Phantoms: {args.n} `{args.preset}` scans "
-        f"(seed {args.seed}, indices 0-{args.n - 1}) with 3 mm slices, 0.564 mm pixels, sharp kernel, noise SD "
+        f"(seed {args.seed}, indices 0-{args.n - 1}) with 3 mm slices, "
+        f"{'0.564 mm' if 'pixel_spacing' in settings else 'the preset' + chr(39) + 's'} pixels, sharp kernel, noise SD "
         f"{noise:.1f} HU estimated from the real scan. Lung masks of both: `nodule.lung.segment_lungs`.\n\n"
         f"`{cmd}`\n\n"
     )
