@@ -97,6 +97,8 @@ ATTACHMENTS = ("isolated", "juxtavascular", "juxtapleural", "perifissural")
 
 def _with_manifest(nodules: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """Each nodule with the ``nodule_type`` and ``attachment`` of the nearest manifest finding of its scan."""
+    if "attachment" not in manifest.columns and "placement" in manifest.columns:
+        manifest = manifest.rename(columns={"placement": "attachment"})  # nodule insert's name
     out = nodules.copy()
     out["nodule_type"] = ""
     out["attachment"] = ""
