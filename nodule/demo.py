@@ -106,6 +106,15 @@ def _dataset_summary(dataset: Path) -> str:
     )
 
 
+def _report_dataset(dataset: Path, title: str) -> Path:
+    """Print a generated set's title, summary and the path of a picture of its nodules."""
+    print(title)
+    print(_dataset_summary(dataset))
+    picture = _picture_of_first_scan_with_nodules(dataset, dataset / "pictures" / "nodules.png")
+    print(f"picture: {picture}")
+    return dataset
+
+
 def synth_stage(out: Path, seed: int, scans: int = 10) -> Path:
     """Generate a small synthetic set, print its summary and a picture path."""
     from nodule.data.synth import run_synth
@@ -119,11 +128,7 @@ def synth_stage(out: Path, seed: int, scans: int = 10) -> Path:
         shape_patients=DEMO_SHAPE_PATIENTS,
         progress=False,
     )
-    print(f"synthetic set: {out}")
-    print(_dataset_summary(out))
-    picture = _picture_of_first_scan_with_nodules(out, out / "pictures" / "nodules.png")
-    print(f"picture: {picture}")
-    return out
+    return _report_dataset(out, f"synthetic set: {out}")
 
 
 def insert_stage(out: Path, seed: int, scans: int = 2) -> Path:
@@ -141,11 +146,9 @@ def insert_stage(out: Path, seed: int, scans: int = 2) -> Path:
         excluded=REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv",
         bank=bank,
     )
-    print(f"external set (one real patient's anatomy, {scans} variants): {out}")
-    print(_dataset_summary(out))
-    picture = _picture_of_first_scan_with_nodules(out, out / "pictures" / "nodules.png")
-    print(f"picture: {picture}")
-    return out
+    return _report_dataset(
+        out, f"external set (one real patient's anatomy, {scans} variants): {out}"
+    )
 
 
 def candidate_stage(dataset: Path, out: Path, name: str) -> None:
