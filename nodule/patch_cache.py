@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from nodule.io import Volume
 from nodule.patches import PatchConfig, PlaneFrames, extract_patches, sample_planes, scale_hu
+from nodule.paths import write_text_atomic
 
 CONFIG_FILE = "cache.json"
 INDEX_FILE = "index.csv"
@@ -494,9 +495,7 @@ def _write_config(out_dir: Path, config: CacheConfig) -> None:
                 f"{out_dir} holds a cache built with {existing}; use another folder for {config}"
             )
         return
-    part = path.with_name(CONFIG_FILE + ".part")
-    part.write_text(json.dumps(config.to_json(), indent=2))
-    os.replace(part, path)
+    write_text_atomic(path, json.dumps(config.to_json(), indent=2))
 
 
 def _index_rows(series_uid: str, path: Path) -> pd.DataFrame:

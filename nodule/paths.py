@@ -37,3 +37,12 @@ def luna16_dir() -> Path:
 def real_ct_dir() -> Path:
     """The one real chest CT DICOM series shipped as shared data."""
     return data_dir() / "real_ct" / "cptac-lscc-c3n-00247"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that an
+    interrupted job never leaves a half-written file that looks complete."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)
+    return path

@@ -36,6 +36,7 @@ from nodule.data.luna16 import (
     write_seriesuids,
 )
 from nodule.io import Volume, write_dicom_series, write_volume
+from nodule.paths import write_text_atomic
 
 Format = Literal["mhd", "dicom"]
 N_SUBSETS = 10
@@ -102,9 +103,7 @@ def write_scan(
     else:
         raise ValueError(f"format must be 'mhd' or 'dicom', got {fmt!r}")
     side = sidecar_path(root, index, uid)
-    tmp_side = side.with_suffix(".json.tmp")
-    tmp_side.write_text(json.dumps(record, indent=1, sort_keys=True, default=float))
-    tmp_side.replace(side)
+    write_text_atomic(side, json.dumps(record, indent=1, sort_keys=True, default=float))
     return final
 
 

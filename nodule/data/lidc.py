@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from nodule.paths import cache_dir
+from nodule.paths import cache_dir, write_text_atomic
 
 RATINGS: tuple[str, ...] = (
     "subtlety",
@@ -720,9 +720,7 @@ def _cached_features(scan: ScanRecord, cache: Path | None) -> dict[str, Any]:
         if data.get("version") == CACHE_VERSION:
             return data
     data = _scan_features(scan)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data))
     return data
 
 
