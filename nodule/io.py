@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import warnings
@@ -59,6 +60,11 @@ from pydicom.valuerep import format_number_as_ds
 logger = logging.getLogger(__name__)
 
 FILL_HU = -1024.0
+
+
+def equivalent_diameter(volume_mm3: float) -> float:
+    """Diameter in mm of the sphere of the given volume (negative volumes count as 0)."""
+    return float((6.0 * max(volume_mm3, 0.0) / math.pi) ** (1.0 / 3.0))
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VOLUME_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from nodule.data import lidc
+from nodule.io import equivalent_diameter
 from nodule.paths import REPO_ROOT
 
 MANIFESTS = REPO_ROOT / "data_manifests"
@@ -92,7 +93,7 @@ def test_reader_diameter_reproduces_luna16_reader_entries(
     # pylidc's Annotation.diameter (largest axial extent) is much larger than LUNA16's.
     for r in readers.values():
         assert 1.2 < r.max_axial_diameter_mm / r.diameter_mm < 1.6
-        assert r.diameter_mm == pytest.approx(lidc.equivalent_sphere_diameter(r.volume_mm3))
+        assert r.diameter_mm == pytest.approx(equivalent_diameter(r.volume_mm3))
 
 
 def test_cluster_scan_one_nodule_four_readers(scans: dict[str, lidc.ScanRecord]) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from nodule.io import equivalent_diameter as sphere_diameter
+
 FEATURE_COLUMNS = ("diameter_mm", "volume_mm3", "mean_hu", "elongation")
 
 
@@ -40,8 +42,9 @@ class RegionFeatures:
 
 
 def equivalent_diameter(volume_mm3: np.ndarray | float) -> np.ndarray:
-    """Diameter in mm of the sphere of the given volume."""
-    return np.cbrt(6.0 * np.asarray(volume_mm3, dtype=np.float64) / np.pi)
+    """Diameter in mm of the sphere of each given volume (:func:`nodule.io.equivalent_diameter`)."""
+    volumes = np.asarray(volume_mm3, dtype=np.float64)
+    return np.array([sphere_diameter(v) for v in volumes.ravel().tolist()]).reshape(volumes.shape)
 
 
 def elongation(coords_mm: np.ndarray) -> float:

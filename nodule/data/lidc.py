@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from nodule.io import equivalent_diameter
 from nodule.paths import cache_dir, write_text_atomic
 
 RATINGS: tuple[str, ...] = (
@@ -490,11 +491,6 @@ def annotation_mask(
     return mask, (int(r0), int(c0), int(k0))
 
 
-def equivalent_sphere_diameter(volume_mm3: float) -> float:
-    """Diameter in mm of the sphere of the given volume."""
-    return float((6.0 * max(volume_mm3, 0.0) / math.pi) ** (1.0 / 3.0))
-
-
 def reader_diameter_mm(voxel_count: int, pixel_spacing: float, slice_spacing: float) -> float:
     """LUNA16's per-reader nodule diameter: the equivalent-sphere diameter of the annotation.
 
@@ -513,7 +509,7 @@ def reader_diameter_mm(voxel_count: int, pixel_spacing: float, slice_spacing: fl
     Returns:
         The diameter in mm.
     """
-    return equivalent_sphere_diameter(voxel_count * pixel_spacing**2 * slice_spacing)
+    return equivalent_diameter(voxel_count * pixel_spacing**2 * slice_spacing)
 
 
 def _max_axial_extent(annotation: AnnotationRecord, pixel_spacing: float) -> float:

@@ -63,7 +63,7 @@ from nodule.data.vessels import (
     polyline_capsules,
     tree_capsules,
 )
-from nodule.io import FILL_HU, SeriesInfo, Volume
+from nodule.io import FILL_HU, SeriesInfo, Volume, equivalent_diameter
 
 GENERATOR_VERSION = "0.1.0"
 Preset = Literal["small", "full"]
@@ -381,7 +381,7 @@ def ellipsoid_shape(rng: np.random.Generator, diameter_mm: float, spacing_mm: fl
     mask = rad < r * (1.0 + lob)
     if not mask.any():
         mask[n, n, n] = True
-    d_eq = float((6.0 * mask.sum() * spacing_mm**3 / np.pi) ** (1 / 3))
+    d_eq = equivalent_diameter(float(mask.sum()) * spacing_mm**3)
     return NoduleShape(
         mask=mask, spacing_mm=spacing_mm, patient_id="ellipsoid", annotation_id=-1,
         texture=5, calcification=6, internal_structure=1, sphericity=4, margin=4,

@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nodule.io import equivalent_diameter
 from nodule.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -416,7 +417,7 @@ def _shapes_of_scan(args: tuple[ScanRecord, float]) -> list[NoduleShape]:
                 spiculation=r["spiculation"],
                 subtlety=r["subtlety"],
                 malignancy=r["malignancy"],
-                diameter_mm=(6.0 * volume / math.pi) ** (1.0 / 3.0),
+                diameter_mm=equivalent_diameter(volume),
             )
         )
     return out
