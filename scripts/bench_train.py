@@ -1,26 +1,42 @@
 """Training throughput of the default :class:`~nodule.models.multistream.MultiStreamNet`.
 
+**Goal**: the default model trains at least twice as fast (patches/s) as ``loop``, a
+straightforward per-view implementation of the same network, on a 2-core CPU with 2 threads.
+Read the ``vs loop`` column of the ``default`` row: ``>= 2.00x`` meets the goal.
+
 Measures patches per second of full training steps (forward, cross-entropy, backward,
 optimiser step) at batch 128 with 9 views of 64x64, for
 
 * ``loop``: a straightforward implementation of the same network (same fusion, groups and
   parameter count) that calls the stream once per view, NCHW, ReLU before pooling;
-* ``default``: ``MultiStreamNet()`` as configured by default;
-* optional extra variants (``--variants``): the default in NCHW, separate weights, bf16 autocast,
-  ``torch.compile``.
+* ``default``: ``MultiStreamNet()`` as configured by default (shared weights: the views
+  folded into the batch, one stream call; channels-last; max-pool before an in-place ReLU);
+* optional extra variants (``--variants``): ``nchw`` (the default without channels-last),
+  ``separate`` / ``loop_separate`` (separate stream weights), ``bn`` (``batch_norm=True``),
+  ``bf16`` / ``loop_bf16`` (bf16 autocast of the forward pass; compare ``bf16`` with
+  ``loop_bf16`` for a like-for-like speed-up, with ``loop`` for the gain over fp32), and
+  ``compile`` (the default under :func:`torch.compile`, compiled during the warm-up step).
+
+Columns: ``params`` (parameters), ``step s`` (median seconds per training step over the
+rounds), ``patches/s`` (batch / step s), ``vs loop`` (median over the rounds of the loop's
+step time divided by the variant's, measured back to back in the same round), ``GFLOP/s``
+(FLOPs of one fp32 training step of the default model, counted by
+:class:`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, forward
+and backward, divided by the variant's step time; the same count for every variant since
+they compute the same network) and ``of ref`` (that rate as a fraction of the GFLOP/s of a
+256-channel 3x3 convolution on a 64x64 input, forward and backward, timed in the same run:
+roughly what this machine's convolutions can reach).
 
 The variants are timed interleaved (round robin, ``--repeats`` rounds of ``--steps`` steps)
-so that load from other processes hits them alike; the table shows medians over the rounds,
-and the speed-up over the loop is the median of the per-round ratios (each round's variants
-ran back to back, which cancels most of the drift of a shared machine). It also reports
-the achieved GFLOP/s (FLOPs of one training step counted by
-:class:`torch.utils.flop_counter.FlopCounterMode`: convolutions and matrix products, forward
-and backward) and, for scale, the GFLOP/s of a 256-channel 3x3 convolution on a 64x64 input
-(forward and backward) in the same run.
+so that load from other processes hits them alike; on a shared machine compare ratios within
+one run rather than absolute figures across runs. ``--no-mmap`` makes glibc serve large
+allocations from its heap and keep freed memory (``mallopt``), which saves the page faults
+of every step's freshly allocated activations; it applies to all variants alike.
 
 Usage::
 
     python scripts/bench_train.py                       # CPU, 2 threads, table on stdout
+    python scripts/bench_train.py --variants nchw bf16 loop_bf16 compile --no-mmap
     python scripts/bench_train.py --json bench.json     # also write the figures as JSON
     python scripts/bench_train.py --device cuda --variants nchw separate bf16
 """
@@ -28,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -184,6 +201,27 @@ def reference_conv(device: torch.device, batch: int, repeats: int) -> dict[str, 
     return {"gflop": flops / 1e9, "seconds": sec, "gflops": flops / 1e9 / sec}
 
 
+VARIANTS = ["nchw", "separate", "loop_separate", "bn", "bf16", "loop_bf16", "compile"]
+
+
+def heap_allocations() -> bool:
+    """Make glibc serve large allocations from the heap and keep freed memory.
+
+    By default glibc maps every allocation above a threshold (at most 32 MiB) afresh and
+    unmaps it when freed, so each training step page-faults its activations in again.
+    ``M_MMAP_MAX = 0`` and a 1 GiB ``M_TRIM_THRESHOLD`` let later steps reuse the memory.
+
+    Returns:
+        True if both settings were accepted (False off glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def build_variants(names: Sequence[str], optimizer: str, device: torch.device) -> list[Variant]:
     """The baseline loop, the default model and the requested extra variants."""
     out = [
@@ -197,8 +235,12 @@ def build_variants(names: Sequence[str], optimizer: str, device: torch.device) -
             out.append(Variant(name, MultiStreamNet(shared_weights=False).to(device), optimizer))
         elif name == "loop_separate":
             out.append(Variant(name, LoopMultiStream(shared_weights=False).to(device), optimizer))
+        elif name == "bn":
+            out.append(Variant(name, MultiStreamNet(batch_norm=True).to(device), optimizer))
         elif name == "bf16":
             out.append(Variant(name, MultiStreamNet().to(device), optimizer, autocast=True))
+        elif name == "loop_bf16":
+            out.append(Variant(name, LoopMultiStream().to(device), optimizer, autocast=True))
         elif name == "compile":
             out.append(Variant(name, MultiStreamNet().to(device), optimizer, compile=True))
         else:
@@ -223,17 +265,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--variants",
         nargs="*",
         default=[],
-        choices=["nchw", "separate", "loop_separate", "bf16", "compile"],
+        choices=VARIANTS,
         help="extra variants to time beside loop and default",
     )
     p.add_argument(
         "--ref-batch", type=int, default=4, help="batch of the 256-channel reference conv"
     )
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    p.add_argument(
+        "--no-mmap",
+        action="store_true",
+        help="glibc: large allocations from the heap, kept when freed (all variants)",
+    )
     args = p.parse_args(argv)
     if args.views != 9 or args.size != 64:
         p.error("the baseline is wired for 9 views of 64x64")
 
+    no_mmap = heap_allocations() if args.no_mmap else False
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -284,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "views": args.views,
         "size": args.size,
         "optimizer": args.optimizer,
+        "no_mmap": no_mmap,
         "steps": args.steps,
         "repeats": args.repeats,
         "gflop_per_step": flops / 1e9,
@@ -295,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"device {result['device']} ({result['device_name']}), torch {torch.__version__}, "
         f"threads {result['threads']}, batch {args.batch} x {args.views} views {args.size}x{args.size}, "
         f"{args.optimizer}, {flops / 1e9:.1f} GFLOP per step (fwd+bwd)"
+        f"{', no-mmap' if no_mmap else ''}"
     )
     print(
         f"{'variant':<14}{'params':>9}{'step s':>9}{'patches/s':>11}{'vs loop':>9}{'GFLOP/s':>9}{'of ref':>8}"

