@@ -12,6 +12,11 @@ Stages (each prints a short summary and writes under ``out``):
    finding excluded.
 5. Candidate stage (``nodule candidates``) on both sets: sensitivity and candidates per
    scan, scored by the evaluator with every detection kept, and a picture.
+6. Training (``nodule fit --config configs/demo.yaml``, the same LightningCLI path) of a
+   small multistream CNN on the synthetic set's candidates, for a bounded time; then
+   ``nodule test`` with the best checkpoint (test CPM, its bootstrap 95% CI, the test
+   nodules it rests on and the candidate stage's ceiling) and ``nodule predict`` on the
+   external set's candidates, scored by the same evaluator.
 """
 
 from __future__ import annotations
@@ -19,8 +24,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodule.paths import luna16_dir
+from nodule.paths import REPO_ROOT, luna16_dir
+
+if TYPE_CHECKING:
+    from nodule.evaluation.froc import FrocResult
+
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+"""The LightningCLI configuration of the demo's training stage."""
+DEMO_SYNTH_SCANS = 30
+"""Small synthetic scans of the demo: three per subset, so validation (subsets 6-7) and
+test (8-9) have a few nodules each."""
+DEMO_MAX_TIME = "00:00:05:00"
+"""Safety bound of the demo's training time (``trainer.max_time``); ``configs/demo.yaml``'s
+epochs take about 2-3 minutes on 2 free cores."""
 
 
 def _stage(title: str, run: Callable[[], object]) -> None:
@@ -198,6 +216,149 @@ def candidate_stage(dataset: Path, out: Path, name: str) -> None:
     print(f"picture: {picture}")
 
 
+def _froc_line(result: FrocResult, what: str, candidate_hits: int) -> str:
+    """CPM, its CI and the nodules it rests on, with the candidate stage's ceiling
+    (``candidate_hits``: nodules hit by any candidate, no per-scan cap)."""
+    ci = (
+        f" (95% CI {result.cpm_ci95[0]:.3f}-{result.cpm_ci95[1]:.3f})"
+        if result.cpm_ci95 is not None
+        else ""
+    )
+    ceiling = candidate_hits / max(result.n_nodules, 1)
+    relative = f"{result.cpm / ceiling:.3f}" if ceiling > 0 else "n/a"
+    sens = ", ".join(f"{k:g}: {v:.2f}" for k, v in result.sensitivities.items())
+    return (
+        f"{what}: CPM {result.cpm:.3f}{ci} over {result.n_scans} scans and "
+        f"{result.n_nodules} nodules; the candidates reach {candidate_hits} of them "
+        f"(ceiling {ceiling:.3f}; CPM / ceiling {relative})\n"
+        f"  sensitivity at FP/scan {{{sens}}}"
+    )
+
+
+def training_stage(
+    synth: Path,
+    external: Path,
+    candidates: Path,
+    out: Path,
+    seed: int,
+    max_time: str = DEMO_MAX_TIME,
+    extra: tuple[str, ...] = (),
+) -> dict[str, object]:
+    """Train, test and predict with LightningCLI (``configs/demo.yaml``); print the CPMs.
+
+    Args:
+        synth: the synthetic LUNA16-layout set (train, validation and test folds).
+        external: the external set (predicted only).
+        candidates: folder of ``synthetic_candidates.csv`` and ``external_candidates.csv``.
+        out: run folder (checkpoints, W&B offline run, submissions).
+        seed: seed of the training run.
+        max_time: upper bound of the training time (``DD:HH:MM:SS``).
+        extra: further LightningCLI arguments of every run (fit, test, predict), e.g. other
+            folds or a smaller model in tests.
+
+    Returns:
+        ``best_checkpoint``, ``test`` (the test FROC result) and ``external`` (its FROC
+        result, or None when the external set is absent).
+    """
+    from nodule.data.luna16 import (
+        read_annotations,
+        read_excluded,
+        read_seriesuids,
+        read_submission,
+    )
+    from nodule.evaluation.froc import evaluate_froc
+    from nodule.training.cli import lightning_main
+
+    base = [
+        "--config",
+        str(DEMO_CONFIG),
+        f"--seed_everything={seed}",
+        f"--data.init_args.root={synth}",
+        f"--data.init_args.candidates={candidates / 'synthetic_candidates.csv'}",
+        "--data.init_args.progress=false",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--checkpoint.dirpath={out / 'checkpoints'}",
+        *extra,
+    ]
+    fit = lightning_main(["fit", *base, f"--trainer.max_time={max_time}"])
+    callback = fit.trainer.checkpoint_callback
+    best = str(getattr(callback, "best_model_path", "") or "")
+    if not best:
+        raise RuntimeError("training saved no checkpoint")
+    epochs = fit.trainer.current_epoch
+    score = getattr(callback, "best_model_score", None)
+    print(
+        f"trained {epochs} epochs; best validation CPM "
+        f"{float(score) if score is not None else float('nan'):.3f}: {best}"
+    )
+    tested = lightning_main(["test", *base, "--trainer.logger=false", f"--ckpt_path={best}"])
+    evaluation = getattr(tested.model, "last_evaluation", None)
+    if evaluation is None:
+        raise RuntimeError("the test run made no evaluation")
+    # The test epoch's predictions again, with a bootstrap CI (the model's own settings
+    # come from the checkpoint, so its FROC has none).
+    tables = tested.datamodule.evaluation_tables("test")
+    test_result = evaluate_froc(
+        evaluation.predictions,
+        tables.annotations,
+        tables.excluded,
+        seriesuids=tables.seriesuids,
+        n_bootstrap=1000,
+        seed=seed,
+    )
+    every = evaluate_froc(
+        evaluation.predictions,
+        tables.annotations,
+        tables.excluded,
+        seriesuids=tables.seriesuids,
+        max_marks_per_scan=None,
+    )
+    print(_froc_line(test_result, "synthetic test set", every.n_hits))
+    result: dict[str, object] = {"best_checkpoint": best, "test": test_result}
+    result["external"] = None
+    external_candidates = candidates / "external_candidates.csv"
+    if not (external / "annotations.csv").is_file() or not external_candidates.is_file():
+        return result
+    folds = sorted(
+        int(p.name.removeprefix("subset")) for p in external.glob("subset*") if p.is_dir()
+    )
+    submission = out / "external_submission.csv"
+    lightning_main(
+        [
+            "predict",
+            *base,
+            f"--data.init_args.root={external}",
+            f"--data.init_args.candidates={external_candidates}",
+            "--data.init_args.train_folds=[]",
+            "--data.init_args.val_folds=[]",
+            "--data.init_args.test_folds=[]",
+            f"--data.init_args.predict_folds={folds}",
+            "--trainer.logger=false",
+            f"--submission.output={submission}",
+            f"--ckpt_path={best}",
+        ]
+    )
+    tables_external = (
+        read_annotations(external / "annotations.csv"),
+        read_excluded(external / "annotations_excluded.csv"),
+        read_seriesuids(external / "seriesuids.csv"),
+    )
+    predictions = read_submission(submission)
+    external_result = evaluate_froc(predictions, *tables_external, n_bootstrap=1000, seed=seed)
+    every = evaluate_froc(predictions, *tables_external, max_marks_per_scan=None)
+    print(
+        _froc_line(
+            external_result,
+            "external set (inserted nodules, one real patient's anatomy)",
+            every.n_hits,
+        )
+    )
+    print(f"external submission: {submission}")
+    result["external"] = external_result
+    return result
+
+
 def run_demo(out: Path, seed: int = 0) -> None:
     """Run every demo stage in order, writing under ``out``.
 
@@ -218,7 +379,7 @@ def run_demo(out: Path, seed: int = 0) -> None:
     )
     _stage(
         "3. Synthetic chest CT (nodule synth, small preset)",
-        lambda: synth_stage(out / "synth", seed),
+        lambda: synth_stage(out / "synth", seed, scans=DEMO_SYNTH_SCANS),
     )
     _stage(
         "4. External set: nodules inserted into the real CT",
@@ -229,4 +390,10 @@ def run_demo(out: Path, seed: int = 0) -> None:
             f"5. Candidate stage on the {name} set",
             lambda d=dataset, n=name: candidate_stage(d, out / "candidates", n),  # type: ignore[misc]
         )
+    _stage(
+        "6. Training (nodule fit, configs/demo.yaml), test and external prediction",
+        lambda: training_stage(
+            out / "synth", out / "external", out / "candidates", out / "training", seed
+        ),
+    )
     print(f"\nnodule demo done: outputs in {out}")

@@ -45,3 +45,53 @@ def test_candidates_records_a_missing_study_and_goes_on(
     header = out.read_text().splitlines()[0]
     assert header.startswith("seriesuid,coordX,coordY,coordZ,probability")
     assert "failed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_training_stage_fits_tests_and_predicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stage 6 of the demo on the tiny set of the training tests, with a tiny model."""
+    import shutil
+
+    from test_training_cli import write_tiny_luna16
+
+    from nodule.demo import DEMO_CONFIG, training_stage
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    root = write_tiny_luna16(tmp_path / "tiny")
+    candidates = tmp_path / "candidates"
+    candidates.mkdir()
+    for name in ("synthetic", "external"):
+        shutil.copy(root / "candidates.csv", candidates / f"{name}_candidates.csv")
+    net = "--model.init_args.net.init_args"
+    result = training_stage(
+        root,
+        root,
+        candidates,
+        tmp_path / "run",
+        seed=0,
+        extra=(
+            "--data.init_args.train_folds=[0]",
+            "--data.init_args.val_folds=[1]",
+            "--data.init_args.test_folds=[2]",
+            "--data.init_args.patch.size_px=16",
+            "--data.init_args.patch.fov_mm=24",
+            "--data.init_args.batch_size=8",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            f"{net}.input_size=16",
+            f"{net}.channels=[4, 8]",
+            f"{net}.kernel_sizes=[3, 3]",
+        ),
+    )
+    assert DEMO_CONFIG.is_file()
+    out = capsys.readouterr().out
+    assert "synthetic test set: CPM" in out and "95% CI" in out
+    assert "external set (inserted nodules, one real patient's anatomy): CPM" in out
+    test = result["test"]
+    assert getattr(test, "n_nodules", None) == 3 and getattr(test, "cpm_ci95", None) is not None
+    assert getattr(result["external"], "n_scans", None) == 6
+    assert Path(str(result["best_checkpoint"])).parent == tmp_path / "run" / "checkpoints"
+    assert (tmp_path / "run" / "external_submission.csv").is_file()

@@ -78,7 +78,7 @@ def test_balanced_sampler() -> None:
         BalancedSampler(labels, positive_fraction=1.5)
 
 
-def _patches(augment: Augment | None) -> CandidatePatches:
+def _patches(augment: Augment | None, fixed_view_fraction: float = 0.0) -> CandidatePatches:
     rng = np.random.default_rng(0)
     patch = PatchConfig(n_views=9, size_px=8, fov_mm=8.0)
     size = 21
@@ -93,6 +93,7 @@ def _patches(augment: Augment | None) -> CandidatePatches:
         patch=patch,
         augment=augment,
         seed=5,
+        fixed_view_fraction=fixed_view_fraction,
     )
 
 
@@ -110,6 +111,13 @@ def test_candidate_patches_augment_with_seeded_draws() -> None:
         negative.shape == (9, 8, 8) and 0.0 <= float(negative.min()) <= float(negative.max()) <= 1.0
     )
     assert torch.equal(_patches(None)[(0, 1)]["image"], fixed["image"])
+    plain = Augment(flip=False, noise_hu=0.0)
+    assert torch.equal(_patches(plain, 1.0)[(0, 1)]["image"], fixed["image"])  # fixed views
+    mixed = _patches(plain, 0.5)
+    same = [torch.equal(mixed[(0, d)]["image"], fixed["image"]) for d in range(40)]
+    assert 5 < sum(same) < 35  # about half of the draws of the positive use its fixed views
+    with pytest.raises(ValueError):
+        _patches(plain, 1.5)
 
 
 def test_focal_loss() -> None:
@@ -197,3 +205,56 @@ def test_read_candidate_table_accepts_both_formats(tmp_path: Path) -> None:
     assert luna["detector"].tolist() == sub["detector"].tolist() == ["solid"]
     with pytest.raises(FileNotFoundError):
         read_candidate_table(tmp_path / "none.csv")
+
+
+def test_config_paths_expand_env_and_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from jsonargparse import Namespace
+
+    from nodule.paths import cache_dir
+    from nodule.training.cli import expand_config_paths, expand_path
+
+    monkeypatch.setenv("NODULE_CACHE", str(tmp_path / "cache"))
+    assert expand_path("${NODULE_CACHE}/runs/x") == str(tmp_path / "cache/runs/x")
+    assert expand_path("$NODULE_CACHE/runs") == str(tmp_path / "cache/runs")
+    assert expand_path("~/a") == str(Path.home() / "a")
+    assert expand_path("runs/x") == "runs/x"  # explicit relative paths are kept
+    assert expand_path("${NO_SUCH_VARIABLE_XYZ}/a") == "${NO_SUCH_VARIABLE_XYZ}/a"
+    monkeypatch.delenv("NODULE_CACHE")
+    assert expand_path("${NODULE_CACHE}/runs") == str(cache_dir() / "runs")
+    monkeypatch.setenv("NODULE_CACHE", str(tmp_path / "cache"))
+
+    logger = Namespace(
+        class_path="pytorch_lightning.loggers.WandbLogger",
+        init_args=Namespace(save_dir="${NODULE_CACHE}/runs/q", offline=True),
+    )
+    config = Namespace(
+        trainer=Namespace(default_root_dir="${NODULE_CACHE}/runs/q", logger=[logger]),
+        checkpoint=Namespace(dirpath="~/ckpt", filename="epoch{epoch:03d}"),
+        submission=Namespace(output=None),
+        data=Namespace(init_args=Namespace(root=Path("${NODULE_CACHE}/set"), cache_dir=None)),
+    )
+    expand_config_paths(config)
+    assert config.trainer.default_root_dir == str(tmp_path / "cache/runs/q")
+    assert config.trainer.logger[0].init_args.save_dir == str(tmp_path / "cache/runs/q")
+    assert config.checkpoint.dirpath == str(Path.home() / "ckpt")
+    assert config.checkpoint.filename == "epoch{epoch:03d}"
+    assert config.submission.output is None and config.data.init_args.cache_dir is None
+    assert config.data.init_args.root == tmp_path / "cache/set"
+
+
+def test_scheduler_gets_run_length_when_not_configured() -> None:
+    import functools
+
+    from nodule.training.classifier import needs_total_steps
+
+    def make(cls: type, **kwargs: object) -> functools.partial[object]:
+        return functools.partial(lambda c, *a, **k: c(*a, **k), cls, **kwargs)
+
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR
+    assert needs_total_steps(make(one_cycle, max_lr=0.01))
+    assert not needs_total_steps(make(one_cycle, max_lr=0.01, total_steps=10))
+    assert not needs_total_steps(make(one_cycle, max_lr=0.01, epochs=2, steps_per_epoch=3))
+    assert not needs_total_steps(make(torch.optim.lr_scheduler.StepLR, step_size=1))
+    assert not needs_total_steps(torch.optim.lr_scheduler.StepLR)

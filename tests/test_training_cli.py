@@ -130,8 +130,10 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def in_tmp(tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in a temporary folder with W&B offline; ``tiny_luna16`` links to the data set."""
+    """Run in a temporary folder with W&B offline and its own ``NODULE_CACHE`` (where the
+    runs go); ``tiny_luna16`` links to the data set."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NODULE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "tiny_luna16").symlink_to(tiny_root)
@@ -147,7 +149,7 @@ def run(*args: str) -> object:
 TINY = str(CONFIGS / "tiny.yaml")
 
 
-@pytest.mark.parametrize("config", ["tiny.yaml", "quick_cpu.yaml", "default.yaml"])
+@pytest.mark.parametrize("config", ["tiny.yaml", "quick_cpu.yaml", "default.yaml", "demo.yaml"])
 def test_print_config(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run("fit", "--config", str(CONFIGS / config), "--print_config")
@@ -170,8 +172,13 @@ def test_print_config(config: str, capsys: pytest.CaptureFixture[str]) -> None:
             "--model.init_args.scheduler=torch.optim.lr_scheduler.StepLR",
             "--model.init_args.scheduler.init_args.step_size=1",
         ],
+        [
+            "--model.init_args.scheduler=torch.optim.lr_scheduler.OneCycleLR",
+            "--model.init_args.scheduler.init_args.max_lr=0.01",
+            "--model.init_args.scheduler_interval=step",
+        ],
     ],
-    ids=["default", "focal-committee-steplr"],
+    ids=["default", "focal-committee-steplr", "onecycle-total-steps-filled-in"],
 )
 def test_fast_dev_run(in_tmp: Path, extra: list[str]) -> None:
     from nodule.cli import main
@@ -180,6 +187,10 @@ def test_fast_dev_run(in_tmp: Path, extra: list[str]) -> None:
         main(["fit", "--config", TINY, "--trainer.fast_dev_run=1"])
         return
     cli = run("fit", "--config", TINY, "--trainer.fast_dev_run=1", *extra)
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler  # type: ignore[attr-defined]
+    if type(scheduler).__name__ == "OneCycleLR":  # total_steps from the trainer
+        assert scheduler.total_steps == cli.trainer.estimated_stepping_batches  # type: ignore[attr-defined]
+        return
     model = cli.model  # type: ignore[attr-defined]
     assert model.loss_name == "focal" and model.net.fusion == "committee"
     assert not model.net.shared_weights
@@ -193,13 +204,15 @@ def test_fit_validate_predict_with_wandb(in_tmp: Path) -> None:
 
     cli = run("fit", "--config", TINY)
     best = Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[attr-defined]
-    assert best.is_file() and best.parent == in_tmp / "runs/tiny/checkpoints"
+    runs = in_tmp / "cache" / "runs" / "tiny"  # ${NODULE_CACHE}/runs/tiny, not the working dir
+    assert best.is_file() and best.parent == runs / "checkpoints"
+    assert not (in_tmp / "runs").exists()
     checkpoint = torch.load(best, weights_only=True, map_location="cpu")
     assert checkpoint["hyper_parameters"]["net"]["class_path"].endswith("MultiStreamNet")
     assert "val/cpm" in checkpoint["callbacks"][next(iter(checkpoint["callbacks"]))]["monitor"]
 
     # The offline W&B run: config, per-epoch metrics, FROC table/plot/PNG, galleries, best checkpoint.
-    (run_dir,) = (in_tmp / "runs/tiny/wandb").glob("offline-run-*")
+    (run_dir,) = (runs / "wandb").glob("offline-run-*")
     config, summary, history = wandb_contents(run_dir)
     assert config["model"]["init_args"]["net"]["init_args"]["fusion"] == "mixed"  # type: ignore[index]
     assert config["data"]["init_args"]["val_folds"] == [1]  # type: ignore[index]

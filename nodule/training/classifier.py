@@ -14,6 +14,8 @@ chosen by. Prediction returns each candidate's id and nodule probability, for
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -94,6 +96,22 @@ class Evaluation:
     predictions: pd.DataFrame
 
 
+def needs_total_steps(factory: Any) -> bool:
+    """Whether a scheduler factory (a ``functools.partial`` over the class, as LightningCLI
+    makes) builds a class taking ``total_steps`` and sets neither it nor ``epochs``."""
+    if not isinstance(factory, functools.partial):
+        return False
+    classes = [a for a in factory.args if inspect.isclass(a)]
+    if not classes:
+        return False
+    try:
+        parameters = inspect.signature(classes[-1]).parameters
+    except (TypeError, ValueError):
+        return False
+    given = {k for k, v in factory.keywords.items() if v is not None}
+    return "total_steps" in parameters and not given & {"total_steps", "epochs"}
+
+
 class NoduleClassifier(pl.LightningModule):
     """Nodule / non-nodule classification of candidates' multiplanar patches.
 
@@ -103,9 +121,13 @@ class NoduleClassifier(pl.LightningModule):
         focal_gamma: focusing exponent of the focal loss.
         focal_alpha: weight of the nodule class in the focal loss (None: unweighted).
         optimizer: the optimiser (class path and arguments; the parameters are given here).
-        scheduler: learning-rate schedule (None: constant).
+        scheduler: learning-rate schedule (class path and arguments; the optimiser is given
+            here; None: constant). A schedule whose class takes ``total_steps`` (e.g.
+            ``torch.optim.lr_scheduler.OneCycleLR``) and is given neither it nor
+            ``epochs`` gets the run's length: the trainer's estimated optimiser steps
+            with ``scheduler_interval: step``, ``max_epochs`` with ``epoch``.
         scheduler_monitor: metric a ReduceLROnPlateau-like schedule follows.
-        scheduler_interval: ``epoch`` or ``step``.
+        scheduler_interval: ``epoch`` or ``step`` (how often the schedule steps).
         froc_bootstrap: bootstrap resamples of the validation/test FROC (0: none).
         max_marks_per_scan: per-scan cap of the FROC evaluation (LUNA16: 100).
     """
@@ -271,12 +293,30 @@ class NoduleClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
+    def run_length(self) -> int:
+        """Scheduler steps of the whole run: optimiser steps (``scheduler_interval: step``)
+        or epochs (``epoch``), from the trainer."""
+        trainer = self.trainer
+        if self.scheduler_interval == "epoch":
+            epochs = trainer.max_epochs
+            if epochs is None or epochs < 1:
+                raise ValueError("an epoch schedule without total_steps needs trainer.max_epochs")
+            return int(epochs)
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps) or steps < 1:
+            raise ValueError("a step schedule without total_steps needs a bounded run")
+        return int(steps)
+
     def configure_optimizers(self) -> Any:
         """The configured optimiser and, if any, learning-rate schedule."""
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        factory: Any = self.scheduler_factory
+        if needs_total_steps(factory):
+            total = self.run_length()
+            factory = functools.partial(factory, total_steps=total)
+        scheduler = factory(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

@@ -11,6 +11,14 @@ from YAML or the command line without repeating ``trainer.callbacks``:
   (``--submission.output out.csv`` for ``predict``);
 * ``wandb_media``: :class:`~nodule.training.callbacks.WandbFrocLogger`.
 
+Run folders live outside the repository: the configurations write their paths as
+``${NODULE_CACHE}/runs/<name>``, and before anything is built the CLI expands ``~`` and
+environment variables (``$VAR``, ``${VAR}``) in the path settings (:data:`PATH_KEYS`:
+the trainer's ``default_root_dir``, the loggers' ``save_dir``, ``checkpoint.dirpath``,
+``submission.output`` and the data module's paths), ``NODULE_CACHE`` defaulting to
+:func:`nodule.paths.cache_dir` (``~/.cache/nodule``). Paths given explicitly, in YAML or
+on the command line, are used as given (relative ones from the working directory).
+
 The whole configuration goes to the logger's hyperparameters (the W&B run config).
 A ``WandbLogger`` in the configuration runs offline when it says so, unless the
 environment says otherwise: ``WANDB_MODE=online`` (or ``disabled``) overrides
@@ -21,7 +29,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import LightningModule, Trainer
@@ -29,6 +40,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
+from nodule.paths import cache_dir
 from nodule.training.callbacks import SubmissionWriter, WandbFrocLogger
 from nodule.training.classifier import NoduleClassifier
 from nodule.training.datamodule import Luna16DataModule
@@ -59,6 +71,76 @@ def _respect_wandb_mode(config: Any) -> None:
             init_args["offline"] = mode in ("offline", "dryrun")
 
 
+PATH_KEYS = (
+    "trainer.default_root_dir",
+    "checkpoint.dirpath",
+    "submission.output",
+    "data.init_args.root",
+    "data.init_args.candidates",
+    "data.init_args.annotations",
+    "data.init_args.excluded",
+    "data.init_args.folds",
+    "data.init_args.cache_dir",
+)
+"""Path settings in which ``~`` and environment variables are expanded (and the
+``save_dir`` / ``dir`` of every logger of ``trainer.logger``)."""
+
+_ENV_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_path(value: str, env: Mapping[str, str] | None = None) -> str:
+    """Expand environment variables (``$VAR``, ``${VAR}``) and then ``~`` in a path.
+
+    Unknown variables are left as written. ``NODULE_CACHE`` defaults to
+    :func:`nodule.paths.cache_dir` when the environment does not set it.
+
+    Args:
+        value: the path as written in a configuration.
+        env: the variables (default: ``os.environ`` with the ``NODULE_CACHE`` default).
+
+    Returns:
+        The expanded path, as a string.
+    """
+    if env is None:
+        env = dict(os.environ)
+        if "NODULE_CACHE" in value and not env.get("NODULE_CACHE"):
+            env["NODULE_CACHE"] = str(cache_dir())
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, match.group(0))
+
+    return os.path.expanduser(_ENV_VAR.sub(replace, value))
+
+
+def _expanded(value: Any) -> Any:
+    if isinstance(value, Path):
+        return Path(expand_path(str(value)))
+    if isinstance(value, str):
+        return expand_path(value)
+    return value
+
+
+def expand_config_paths(config: Any) -> None:
+    """Expand ``~`` and environment variables in the path settings of a configuration."""
+    if not hasattr(config, "get"):
+        return
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if value is not None:
+            config[key] = _expanded(value)
+    loggers = config.get("trainer.logger")
+    if loggers is None or isinstance(loggers, bool):
+        return
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            continue
+        for key in ("save_dir", "dir"):
+            if init_args.get(key) is not None:
+                init_args[key] = _expanded(init_args[key])
+
+
 class NoduleCLI(LightningCLI):
     """LightningCLI with the checkpoint, submission and W&B callbacks as top-level groups."""
 
@@ -78,9 +160,11 @@ class NoduleCLI(LightningCLI):
         parser.add_lightning_class_args(WandbFrocLogger, "wandb_media")
 
     def before_instantiate_classes(self) -> None:
-        """Apply ``WANDB_MODE`` to the configured W&B logger."""
+        """Expand the path settings and apply ``WANDB_MODE`` to the configured W&B logger."""
         subcommand = self.config.get("subcommand")
-        _respect_wandb_mode(self.config.get(subcommand) if subcommand else self.config)
+        config = self.config.get(subcommand) if subcommand else self.config
+        expand_config_paths(config)
+        _respect_wandb_mode(config)
 
 
 def lightning_main(args: list[str] | None = None) -> LightningCLI:

@@ -198,6 +198,10 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         augment: augmentation of rows with a cube when indexed with a ``(row, draw)``
             pair; None: never augment.
         seed: seed of the augmentation (with the draw number).
+        fixed_view_fraction: probability that an augmented row with a cube gets its fixed
+            views (mirrored, with noise, as rows without a cube) instead of planes sampled
+            from the cube, so that training positives also look like the fixed views that
+            validation and test see.
     """
 
     def __init__(
@@ -211,7 +215,11 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         patch: PatchConfig,
         augment: Augment | None = None,
         seed: int = 0,
+        fixed_view_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= fixed_view_fraction <= 1.0:
+            raise ValueError(f"fixed_view_fraction must be in [0, 1], got {fixed_view_fraction}")
+        self.fixed_view_fraction = fixed_view_fraction
         self.patches_hu = patches_hu
         self.labels = np.asarray(labels, dtype=np.int64)
         self.candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
@@ -231,7 +239,8 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         if draw is None or self.augment is None:
             return scale_hu(self.patches_hu[row], self.patch)
         rng = np.random.default_rng([self.seed, draw])
-        if cube >= 0:
+        fixed = self.fixed_view_fraction > 0 and rng.random() < self.fixed_view_fraction
+        if cube >= 0 and not fixed:
             frames = random_frames(1, self.patch, self.augment, rng)
             views = sample_cubes(
                 self.cubes[cube : cube + 1], self.cube_spacing_mm, self.patch, frames
@@ -283,6 +292,8 @@ class Luna16DataModule(pl.LightningDataModule):
         add_annotations: also train on the annotated nodule centres as positives (the
             candidates may miss some nodules).
         seed: seed of the sampling and augmentation.
+        fixed_view_fraction: probability that a training positive is shown its fixed
+            (cached, mirrored, noisy) views rather than planes resampled from its cube.
         cache_jobs: scans loaded concurrently while building the cache.
         progress: progress bar while building the cache.
     """
@@ -308,6 +319,7 @@ class Luna16DataModule(pl.LightningDataModule):
         samples_per_epoch: int | None = None,
         add_annotations: bool = True,
         seed: int = 0,
+        fixed_view_fraction: float = 0.0,
         cache_jobs: int = 1,
         progress: bool = True,
     ) -> None:
@@ -348,6 +360,7 @@ class Luna16DataModule(pl.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.add_annotations = add_annotations
         self.seed = seed
+        self.fixed_view_fraction = fixed_view_fraction
         self.cache_jobs = cache_jobs
         self.progress = progress
         self._tables: dict[str, Any] | None = None
@@ -505,6 +518,7 @@ class Luna16DataModule(pl.LightningDataModule):
             patch=self.patch,
             augment=self.augmentation if split == "train" else None,
             seed=self.seed,
+            fixed_view_fraction=self.fixed_view_fraction,
         )
 
     def views_of(self, split: Split, candidate_ids: Sequence[int] | np.ndarray) -> np.ndarray:
