@@ -27,19 +27,32 @@ Layout under ``out_dir``:
 * ``index.csv``: one row per candidate: ``candidate_id, seriesuid, coordX, coordY,
   coordZ, label, file, row, cube_row`` (``cube_row`` -1 when there is no cube).
 
+* ``.lock``: an empty file that builders lock (``fcntl.flock``) while they write.
+
 Building resumes: a scan file appears only once complete (written to a ``.part``
 file, then renamed), and a rerun skips scans whose file holds the same candidates.
+
+Concurrent builders (e.g. two training runs started together on one data set) are
+safe: a builder holds an exclusive lock on ``.lock`` while it writes, so a second one
+waits, then finds the first one's scan files complete and builds only what is still
+missing. ``index.csv`` is replaced atomically and lists every complete scan file of the
+folder, the ones another builder asked for included, so no builder's index hides the
+scans of another. Readers (:meth:`CacheIndex.load`) take no lock: every file they read
+is written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,8 +67,16 @@ from nodule.io import Volume
 from nodule.patches import PatchConfig, PlaneFrames, extract_patches, sample_planes, scale_hu
 from nodule.paths import write_text_atomic
 
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - not POSIX (the project runs on Linux)
+    _fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
 CONFIG_FILE = "cache.json"
 INDEX_FILE = "index.csv"
+LOCK_FILE = ".lock"
 INDEX_COLUMNS = (
     "candidate_id",
     "seriesuid",
@@ -519,6 +540,71 @@ def _index_rows(series_uid: str, path: Path) -> pd.DataFrame:
         )
 
 
+@contextlib.contextmanager
+def cache_lock(
+    root: str | os.PathLike[str], on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Hold the exclusive advisory lock of a cache folder (``root/.lock``) for the block.
+
+    Blocks while another process holds it (calling ``on_wait`` once first). The lock
+    goes with the process (a killed builder never leaves it held). Where ``fcntl`` is
+    missing (not POSIX) it only logs a warning: concurrent builders are then unsafe.
+
+    Args:
+        root: the cache folder (must exist).
+        on_wait: called once if the lock is held by another process.
+    """
+    if _fcntl is None:  # pragma: no cover - not POSIX
+        logger.warning("no fcntl: the patch cache at %s is built without a lock", root)
+        yield
+        return
+    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            _fcntl.flock(fd, _fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _merged_index(root: Path, planned: list[tuple[str, Path]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The index rows of the planned scans, and those of every scan file of the folder.
+
+    Scans of the old ``index.csv`` that are not planned keep their rows (read again from
+    their files, so they always match them) when their file exists, except candidate ids
+    that a planned scan now holds.
+    """
+    empty = pd.DataFrame(columns=list(INDEX_COLUMNS))
+    own = (
+        pd.concat([_index_rows(uid, path) for uid, path in planned], ignore_index=True)
+        if planned
+        else empty
+    )
+    planned_uids = {uid for uid, _ in planned}
+    planned_files = {path.name for _, path in planned}
+    others: list[pd.DataFrame] = []
+    try:
+        old = pd.read_csv(root / INDEX_FILE, usecols=["seriesuid", "file"], dtype=str)
+    except (OSError, ValueError):  # no index yet, or an unreadable one
+        old = pd.DataFrame(columns=["seriesuid", "file"])
+    for uid, file in old.drop_duplicates("seriesuid").itertuples(index=False):
+        if uid in planned_uids or file in planned_files or not (root / file).is_file():
+            continue
+        try:
+            others.append(_index_rows(str(uid), root / str(file)))
+        except (OSError, ValueError, KeyError):
+            logger.warning("patch cache %s: dropping unreadable %s from the index", root, file)
+    if not others:
+        return own, own
+    rest = pd.concat(others, ignore_index=True)
+    rest = rest[~rest["candidate_id"].isin(own["candidate_id"])]
+    return own, pd.concat([own, rest], ignore_index=True) if len(own) else rest
+
+
 def build_patch_cache(
     scans: Iterable[tuple[str, ScanLoader]],
     candidates: pd.DataFrame,
@@ -531,7 +617,9 @@ def build_patch_cache(
 
     Scans whose file already holds the same candidates are skipped without loading
     them. Scans without candidates get no file; candidates of scans not in ``scans``
-    are ignored.
+    are ignored. The folder's lock (:func:`cache_lock`) is held while building, so
+    concurrent calls on one folder run one after the other; ``index.csv`` keeps the
+    scans that other calls built too.
 
     Args:
         scans: ``(series_uid, loader)`` pairs; ``loader()`` returns the scan's volume.
@@ -545,7 +633,8 @@ def build_patch_cache(
         progress: show a tqdm progress bar over scans.
 
     Returns:
-        The index of every scan in ``scans`` that has candidates.
+        The index of every scan in ``scans`` that has candidates (``index.csv`` may list
+        more scans: those of earlier builds with other scans).
 
     Raises:
         ValueError: the folder holds a cache with another config, or a required
@@ -559,8 +648,27 @@ def build_patch_cache(
         raise ValueError("candidate index labels (the candidate ids) must be unique")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_config(root, config)
 
+    def waiting() -> None:
+        message = f"patch cache {root}: waiting for another process that is building it"
+        logger.info(message)
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    with cache_lock(root, on_wait=waiting):
+        return _build_locked(scans, candidates, root, config, jobs, progress)
+
+
+def _build_locked(
+    scans: Iterable[tuple[str, ScanLoader]],
+    candidates: pd.DataFrame,
+    root: Path,
+    config: CacheConfig,
+    jobs: int,
+    progress: bool,
+) -> CacheIndex:
+    """:func:`build_patch_cache` once the folder's lock is held."""
+    _write_config(root, config)
     groups = {str(uid): rows for uid, rows in candidates.groupby("seriesuid", sort=False)}
     planned: list[tuple[str, Path]] = []
     todo: list[tuple[str, ScanLoader, pd.DataFrame, Path]] = []
@@ -609,12 +717,6 @@ def build_patch_cache(
         finally:
             bar.close()
 
-    table = (
-        pd.concat([_index_rows(uid, path) for uid, path in planned], ignore_index=True)
-        if planned
-        else pd.DataFrame(columns=list(INDEX_COLUMNS))
-    )
-    part = root / (INDEX_FILE + ".part")
-    table.to_csv(part, index=False, float_format="%.6f")
-    os.replace(part, root / INDEX_FILE)
+    table, merged = _merged_index(root, planned)
+    write_text_atomic(root / INDEX_FILE, merged.to_csv(index=False, float_format="%.6f"))
     return CacheIndex(root=root, config=config, table=table)

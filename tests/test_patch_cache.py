@@ -1,8 +1,14 @@
-"""Patch cache: bytes, round trip, resume after interruption, cube sampling vs direct sampling."""
+"""Patch cache: bytes, round trip, resume after interruption, concurrent builders, cube
+sampling vs direct sampling."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +21,7 @@ from nodule.patch_cache import (
     CacheIndex,
     ScanLoader,
     build_patch_cache,
+    cache_lock,
     resampled_views,
     sample_cubes,
     sample_from_cube,
@@ -47,12 +54,17 @@ def smooth_scan(seed: int) -> tuple[Volume, pd.DataFrame]:
     return volume, table
 
 
-@pytest.fixture(scope="module")
-def dataset() -> tuple[dict[str, Volume], pd.DataFrame]:
+def make_dataset() -> tuple[dict[str, Volume], pd.DataFrame]:
+    """Three small scans and their candidates (ids from 100)."""
     scans = [smooth_scan(seed) for seed in range(3)]
     candidates = pd.concat([t for _, t in scans], ignore_index=True)
     candidates.index = candidates.index + 100  # ids need not start at 0
     return {v_t[1]["seriesuid"].iloc[0]: v_t[0] for v_t in scans}, candidates
+
+
+@pytest.fixture(scope="module")
+def dataset() -> tuple[dict[str, Volume], pd.DataFrame]:
+    return make_dataset()
 
 
 def loaders(
@@ -170,7 +182,7 @@ def test_interrupted_build_resumes(
         build_patch_cache(
             loaders(volumes, calls, fail=uids[2]), candidates, tmp_path, CONFIG, progress=False
         )
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock")
     assert files == sorted(["cache.json", scan_file_name(uids[0]), scan_file_name(uids[1])])
 
     calls.clear()
@@ -217,3 +229,116 @@ def test_scan_file_names_are_sanitised() -> None:
     odd = scan_file_name("../a b/c")
     assert "/" not in odd and " " not in odd and odd.endswith(".npz")
     assert scan_file_name("a/b") != scan_file_name("a_b")
+
+
+def build_in_child(root: str, out_dir: str, barrier: Any, delay_s: float) -> None:
+    """Build the test cache at ``root`` after ``barrier`` (run in a spawned process).
+
+    Every scan load is logged to ``out_dir/loads-<pid>.txt`` (and takes ``delay_s``
+    longer, so that the two builders overlap); the returned table goes to
+    ``out_dir/table-<pid>.csv``.
+    """
+    volumes, candidates = make_dataset()
+    log = Path(out_dir) / f"loads-{os.getpid()}.txt"
+
+    def make(uid: str) -> ScanLoader:
+        def load() -> Volume:
+            with log.open("a") as f:
+                f.write(uid + "\n")
+            time.sleep(delay_s)
+            return volumes[uid]
+
+        return load
+
+    barrier.wait(timeout=120)
+    index = build_patch_cache(
+        [(uid, make(uid)) for uid in volumes], candidates, root, CONFIG, progress=False
+    )
+    index.table.to_csv(Path(out_dir) / f"table-{os.getpid()}.csv", index=False)
+
+
+def test_concurrent_builds_share_one_cache(
+    tmp_path: Path, dataset: tuple[dict[str, Volume], pd.DataFrame]
+) -> None:
+    volumes, candidates = dataset
+    root, out = tmp_path / "cache", tmp_path / "out"
+    out.mkdir()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [
+        context.Process(target=build_in_child, args=(str(root), str(out), barrier, 0.3))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join(timeout=300)
+        assert [w.exitcode for w in workers] == [0, 0]
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+
+    # Every scan was loaded once: the second builder waited and found the cache complete.
+    loads = [line for f in sorted(out.glob("loads-*.txt")) for line in f.read_text().split()]
+    assert sorted(loads) == sorted(volumes)
+    tables = [pd.read_csv(f, dtype={"seriesuid": str}) for f in sorted(out.glob("table-*.csv"))]
+    assert len(tables) == 2
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    index = CacheIndex.load(root)
+    pd.testing.assert_frame_equal(index.table, tables[0], check_dtype=False)
+    assert index.series_uids == list(volumes) and len(index) == len(candidates)
+    np.testing.assert_array_equal(index.table["candidate_id"], candidates.index)
+    assert not list(root.glob("*.part"))
+
+    fresh = build_patch_cache(
+        loaders(volumes, []), candidates, tmp_path / "fresh", CONFIG, progress=False
+    )
+    for uid in volumes:
+        np.testing.assert_array_equal(index.scan(uid).patches_hu, fresh.scan(uid).patches_hu)
+        np.testing.assert_array_equal(index.scan(uid).cubes, fresh.scan(uid).cubes)
+
+
+def test_a_build_waits_for_the_lock(
+    tmp_path: Path, dataset: tuple[dict[str, Volume], pd.DataFrame]
+) -> None:
+    volumes, candidates = dataset
+    small = candidates[candidates["seriesuid"] == next(iter(volumes))]
+    calls: list[str] = []
+    results: list[CacheIndex] = []
+    builder = threading.Thread(
+        target=lambda: results.append(
+            build_patch_cache(loaders(volumes, calls), small, tmp_path, CONFIG, progress=False)
+        )
+    )
+    with cache_lock(tmp_path):  # another holder (flock locks conflict between open files)
+        builder.start()
+        builder.join(timeout=1.0)
+        assert builder.is_alive() and not calls  # waiting, nothing built
+    builder.join(timeout=120)
+    assert not builder.is_alive() and len(results) == 1 and len(results[0]) == len(small)
+
+
+def test_index_keeps_the_scans_of_other_builds(
+    tmp_path: Path, dataset: tuple[dict[str, Volume], pd.DataFrame]
+) -> None:
+    volumes, candidates = dataset
+    uids = list(volumes)
+    first = candidates[candidates["seriesuid"].isin(uids[:2])]
+    second = candidates[candidates["seriesuid"].isin(uids[1:])]
+    build_patch_cache(loaders(volumes, []), first, tmp_path, CONFIG, progress=False)
+    calls: list[str] = []
+    index = build_patch_cache(loaders(volumes, calls), second, tmp_path, CONFIG, progress=False)
+    assert calls == [uids[2]]  # the shared scan is not built again
+    assert index.series_uids == uids[1:]  # what this build asked for ...
+    on_disk = CacheIndex.load(tmp_path)  # ... while index.csv lists every scan
+    assert set(on_disk.series_uids) == set(uids) and len(on_disk) == len(candidates)
+    assert on_disk.table["candidate_id"].is_unique
+    table = on_disk.table.set_index("candidate_id").loc[first.index]
+    np.testing.assert_allclose(table[["coordX", "coordY", "coordZ"]], first.iloc[:, 1:4], atol=1e-5)
+    # A scan whose file is gone leaves the index on the next build.
+    (tmp_path / scan_file_name(uids[0])).unlink()
+    build_patch_cache(loaders(volumes, []), second, tmp_path, CONFIG, progress=False)
+    assert CacheIndex.load(tmp_path).series_uids == uids[1:]
