@@ -19,6 +19,9 @@ external set.
     .venv/bin/python scripts/train_synth.py --root ~/.cache/nodule/synth/train_seed2000 \\
         --external ~/.cache/nodule/insert/real_ct_seed0 --config configs/synth_cpu.yaml \\
         --variants committee late mixed --out ~/.cache/nodule/experiments/synth100
+
+``--override`` passes more LightningCLI arguments to every step (write them with ``=``,
+e.g. ``--override --trainer.max_epochs=8``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     ]
     if variant != "default":
         common.append(f"--model.init_args.net.init_args.fusion={variant}")
+    common += args.override
     data = [f"--data.init_args.root={args.root}"]
     if not (run / "fit.done").exists():
         resume = [f"--ckpt_path={ckpts / 'last.ckpt'}"] if (ckpts / "last.ckpt").exists() else []
@@ -151,6 +155,9 @@ def main() -> None:
     parser.add_argument("--external", type=Path, default=None, help="external LUNA16-layout set with candidates.csv")
     parser.add_argument("--test-folds", type=int, nargs="+", default=[8, 9])
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--override", nargs="*", default=[], help="more LightningCLI arguments for every step, e.g. --trainer.max_epochs=8"
+    )
     args = parser.parse_args()
     args.root = args.root.expanduser()
     args.out = args.out.expanduser()
