@@ -29,7 +29,7 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    components from ``extra_min_diameter_mm`` (3 mm). Removing the rims of everything
    above ``high_hu`` also strips the ground glass around a part-solid core and the
    half of a juxtapleural ground-glass nodule that blurs into the pleura, leaving less
-   than ``min_diameter_mm`` (4 mm); this pass finds those. Its candidates away from the first pass's (not
+   than ``min_diameter_mm`` (5 mm); this pass finds those. Its candidates away from the first pass's (not
    within their radius) are added, the best ``extra_candidates`` of them: the pass
    alone gives several times more candidates, so it only adds to the first.
 """
@@ -84,7 +84,7 @@ class SubsolidConfig:
     rim_mm: float = 1.0
     rim_hu: float | None = None
     opening_mm: float = 1.0
-    min_diameter_mm: float = 4.0
+    min_diameter_mm: float = 5.0
     max_diameter_mm: float = 34.0
     max_elongation: float = 3.0
     background_mm: float = 15.0
