@@ -20,8 +20,8 @@ external set.
         --external ~/.cache/nodule/insert/real_ct_seed0 --config configs/synth_cpu.yaml \\
         --variants committee late mixed --out ~/.cache/nodule/experiments/synth100
 
-``--override`` passes more LightningCLI arguments to every step (write them with ``=``,
-e.g. ``--override --trainer.max_epochs=8``).
+``--override=ARG`` (repeatable) passes one more LightningCLI argument to every step,
+e.g. ``--override=--trainer.max_epochs=8``.
 """
 
 from __future__ import annotations
@@ -156,7 +156,10 @@ def main() -> None:
     parser.add_argument("--test-folds", type=int, nargs="+", default=[8, 9])
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument(
-        "--override", nargs="*", default=[], help="more LightningCLI arguments for every step, e.g. --trainer.max_epochs=8"
+        "--override",
+        action="append",
+        default=[],
+        help="one more LightningCLI argument for every step, e.g. --override=--trainer.max_epochs=8 (repeatable)",
     )
     args = parser.parse_args()
     args.root = args.root.expanduser()
