@@ -147,27 +147,36 @@ def _count(net: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize(
-    ("fusion", "views", "shared", "separate"),
+    ("batch_norm", "fusion", "views", "shared", "separate"),
     [
-        ("committee", 1, 49_138, 49_138),
-        ("committee", 3, 49_138, 147_414),
-        ("committee", 9, 49_138, 442_242),
-        ("late", 3, 49_202, 147_410),
-        ("late", 9, 49_394, 442_226),
-        ("mixed", 9, 49_398, 442_230),
+        (False, "committee", 1, 49_138, 49_138),
+        (False, "committee", 3, 49_138, 147_414),
+        (False, "committee", 9, 49_138, 442_242),
+        (False, "late", 3, 49_202, 147_410),
+        (False, "late", 9, 49_394, 442_226),
+        (False, "mixed", 9, 49_398, 442_230),
+        (True, "committee", 1, 49_242, 49_242),
+        (True, "committee", 3, 49_242, 147_726),
+        (True, "committee", 9, 49_242, 443_178),
+        (True, "late", 3, 49_306, 147_722),
+        (True, "late", 9, 49_498, 443_162),
+        (True, "mixed", 9, 49_502, 443_166),
     ],
 )
 def test_parameter_counts_match_docstring(
-    fusion: str, views: int, shared: int, separate: int
+    batch_norm: bool, fusion: str, views: int, shared: int, separate: int
 ) -> None:
-    assert _count(SetioStream()) == 49_104
-    assert _count(MultiStreamNet(views, fusion, True)) == shared  # type: ignore[arg-type]
-    assert _count(MultiStreamNet(views, fusion, False)) == separate  # type: ignore[arg-type]
+    stream = 49_208 if batch_norm else 49_104
+    assert _count(SetioStream(batch_norm=batch_norm)) == stream
+    f = cast(Fusion, fusion)
+    assert _count(MultiStreamNet(views, f, True, batch_norm=batch_norm)) == shared
+    assert _count(MultiStreamNet(views, f, False, batch_norm=batch_norm)) == separate
     assert _count(MultiStreamNet()) == 49_398
     from nodule.models import multistream
 
     assert multistream.__doc__ is not None
     assert f"{shared:,}" in multistream.__doc__ and f"{separate:,}" in multistream.__doc__
+    assert f"{stream:,}" in multistream.__doc__
 
 
 def test_deterministic_under_seed() -> None:
@@ -307,28 +316,3 @@ def test_batch_norm_grouped_streams_equal_per_view_loop(train: bool) -> None:
             torch.testing.assert_close(
                 bn.running_mean[v * 24 : (v + 1) * 24], bn_v.running_mean, rtol=0, atol=1e-6
             )
-
-
-@pytest.mark.parametrize(
-    ("fusion", "views", "shared", "separate"),
-    [
-        ("committee", 1, 49_242, 49_242),
-        ("committee", 3, 49_242, 147_726),
-        ("committee", 9, 49_242, 443_178),
-        ("late", 3, 49_306, 147_722),
-        ("late", 9, 49_498, 443_162),
-        ("mixed", 9, 49_502, 443_166),
-    ],
-)
-def test_batch_norm_parameter_counts_match_docstring(
-    fusion: str, views: int, shared: int, separate: int
-) -> None:
-    assert _count(SetioStream(batch_norm=True)) == 49_208
-    f = cast(Fusion, fusion)
-    assert _count(MultiStreamNet(views, f, True, batch_norm=True)) == shared
-    assert _count(MultiStreamNet(views, f, False, batch_norm=True)) == separate
-    from nodule.models import multistream
-
-    assert multistream.__doc__ is not None
-    assert f"{shared:,}" in multistream.__doc__ and f"{separate:,}" in multistream.__doc__
-    assert "49,208" in multistream.__doc__
