@@ -90,6 +90,13 @@ def test_resume_keeps_complete_scans(tmp_path: Path) -> None:
     assert not (out / "subset1" / f".tmp-{uids[1]}").exists()
     with pytest.raises(ValueError, match="other parameters"):
         run_synth(out, scans=3, seed=4, **SMALL)  # type: ignore[arg-type]
+    # a set made from another shape bank version is not extended
+    gen = out / "generator.json"
+    old = json.loads(gen.read_text())
+    assert old["shape_bank_version"] is None  # ellipsoids: no bank
+    gen.write_text(json.dumps({**old, "shape_bank_version": 1}))
+    with pytest.raises(ValueError, match="other parameters"):
+        run_synth(out, scans=3, seed=3, **SMALL)  # type: ignore[arg-type]
 
 
 def test_dicom_output_reads_back_with_the_same_geometry(tmp_path: Path, dataset: Path) -> None:

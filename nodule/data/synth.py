@@ -21,7 +21,7 @@ from tqdm import tqdm
 from nodule.data import phantom
 from nodule.data.layout import Format, assemble_tables, is_complete, write_scan
 from nodule.data.scanner import KERNELS, Kernel
-from nodule.data.shapes import ShapeBank, load_shape_bank
+from nodule.data.shapes import BANK_VERSION, ShapeBank, load_shape_bank
 
 ShapeSource = Literal["lidc", "ellipsoid"]
 _BANK: ShapeBank | None = None
@@ -49,6 +49,7 @@ def _params(
         "kernel": kernel,
         "noise": noise,
         "shapes": shapes,
+        "shape_bank_version": BANK_VERSION if shapes == "lidc" else None,
         "shape_patients": shape_patients,
     }
 
@@ -137,6 +138,8 @@ def run_synth(
     if gen.exists():
         old = json.loads(gen.read_text())
         old_params = {k: v for k, v in old.items() if k != "scans"}
+        # sets made before the version was recorded used bank version 1
+        old_params.setdefault("shape_bank_version", 1 if shapes == "lidc" else None)
         if old_params != params:
             raise ValueError(f"{out} holds a set made with other parameters: {old_params} != {params}")
     gen.write_text(json.dumps({**params, "scans": int(scans)}, indent=1))
