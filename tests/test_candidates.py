@@ -18,6 +18,7 @@ from nodule.candidates import (
     detect_subsolid,
     merge_candidates,
 )
+from nodule.candidates.subsolid import SubsolidConfig
 from nodule.io import SeriesInfo, Volume
 
 SPACING_XYZ = (0.8, 0.8, 1.6)
@@ -163,6 +164,16 @@ def test_subsolid_finds_ggo_not_tube(phantom: Phantom, work: tuple[np.ndarray, n
         (_, ty, tx), d = phantom.objects[name]
         pts = det[["z", "y", "x"]].to_numpy(dtype=float)
         assert not (np.hypot(pts[:, 1] - ty, pts[:, 2] - tx) < d).any(), name
+
+
+def test_subsolid_score_favours_larger_components(phantom: Phantom, work: tuple[np.ndarray, np.ndarray]) -> None:
+    array, labels = work
+    plain = detect_subsolid(array, labels > 0, (1.0, 1.0, 1.0), SubsolidConfig(size_power=0.0))
+    sized = detect_subsolid(array, labels > 0, (1.0, 1.0, 1.0), SubsolidConfig(size_power=0.5))
+    a = plain[_distances_mm(plain, phantom.objects["ggo"][0]) < 3.0].iloc[0]
+    b = sized[_distances_mm(sized, phantom.objects["ggo"][0]) < 3.0].iloc[0]
+    expected = min(1.0, a["diameter_mm"] / 10.0) ** 0.5
+    assert b["score"] == pytest.approx(a["score"] * expected)
 
 
 @pytest.mark.parametrize("name", ["wall_mass", "mediastinal_mass"])

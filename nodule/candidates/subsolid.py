@@ -29,7 +29,7 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    components from ``extra_min_diameter_mm`` (3 mm). Removing the rims of everything
    above ``high_hu`` also strips the ground glass around a part-solid core and the
    half of a juxtapleural ground-glass nodule that blurs into the pleura, leaving less
-   than ``min_diameter_mm`` (5 mm); this pass finds those. Its candidates away from the first pass's (not
+   than ``min_diameter_mm`` (4 mm); this pass finds those. Its candidates away from the first pass's (not
    within their radius) are added, the best ``extra_candidates`` of them: the pass
    alone gives several times more candidates, so it only adds to the first.
 """
@@ -72,6 +72,9 @@ class SubsolidConfig:
         extra_candidates: up to this many of the second pass are added (0: no second pass).
         extra_rim_hu: ``rim_hu`` of the second pass.
         extra_min_diameter_mm: ``min_diameter_mm`` of the second pass.
+        size_scale_mm: components smaller than this are scored down (``size_power``).
+        size_power: the score is multiplied by ``min(1, diameter / size_scale_mm)`` to
+            this power (0: size plays no part).
     """
 
     smooth_mm: float = 1.0
@@ -84,7 +87,7 @@ class SubsolidConfig:
     rim_mm: float = 1.0
     rim_hu: float | None = None
     opening_mm: float = 1.0
-    min_diameter_mm: float = 5.0
+    min_diameter_mm: float = 4.0
     max_diameter_mm: float = 34.0
     max_elongation: float = 3.0
     background_mm: float = 15.0
@@ -93,6 +96,8 @@ class SubsolidConfig:
     extra_candidates: int = 10
     extra_rim_hu: float = -100.0
     extra_min_diameter_mm: float = 3.0
+    size_scale_mm: float = 10.0
+    size_power: float = 0.5
 
 
 def ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -209,6 +214,7 @@ def _components(
         background = _background(smooth, lung, centre, sp, config.background_mm, config.low_hu)
         contrast = max(0.0, mean_hu - background)
         score = (1.0 - np.exp(-contrast / config.contrast_scale_hu)) / elong
+        score *= min(1.0, float(diam[label]) / config.size_scale_mm) ** config.size_power
         rows.append(
             {
                 "z": centre[0],
