@@ -14,11 +14,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from nodule.io import Volume
 
 LUNG_WINDOW = (-1350.0, 150.0)
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Write a figure to ``path`` (parents created), close it and return the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
 
 
 def _axial_image(volume: Volume, z_index: int) -> np.ndarray:
@@ -83,11 +93,7 @@ def render_findings(
         ax.set_title(f"{label} d={row.diameter_mm:.1f} mm", fontsize=8)
     fig.suptitle(volume.series_uid[-24:], fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=90)
 
 
 def render_candidates(
@@ -148,8 +154,4 @@ def render_candidates(
         ax.set_title(f"slice {z}: {int(near.sum())} candidates within {slab_mm:g} mm", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=80)

@@ -48,6 +48,19 @@ def gaussian(array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float]) -
     return np.asarray(ndi.gaussian_filter(array.astype(np.float32, copy=False), sigma, truncate=3.0))
 
 
+def smoothed_copy(
+    array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float], cache: dict[float, np.ndarray] | None
+) -> np.ndarray:
+    """:func:`gaussian` of ``array``, taken from ``cache`` (keyed by sigma in mm) when it is
+    there and stored in it otherwise; ``cache=None`` always computes it."""
+    if cache is not None and sigma_mm in cache:
+        return cache[sigma_mm]
+    blurred = gaussian(array, sigma_mm, spacing_zyx)
+    if cache is not None:
+        cache[sigma_mm] = blurred
+    return blurred
+
+
 def half_resolution(array: np.ndarray) -> np.ndarray:
     """2 x 2 x 2 block means (float32); a last odd plane is dropped."""
     z, y, x = (n // 2 * 2 for n in array.shape)
@@ -147,12 +160,7 @@ def blob_response(
             blurred = gaussian(half, float(np.sqrt(sigma**2 - 0.25 * float(sp.max()) ** 2)), tuple(2 * sp))
             h = hessian_at(blurred, coarse_idx, tuple(2 * sp))
         else:
-            if smoothed is not None and sigma in smoothed:
-                blurred = smoothed[sigma]
-            else:
-                blurred = gaussian(array, sigma, spacing_zyx)
-                if smoothed is not None:
-                    smoothed[sigma] = blurred
+            blurred = smoothed_copy(array, sigma, spacing_zyx, smoothed)
             h = hessian_at(blurred, index, spacing_zyx)
         if n == 0:
             continue

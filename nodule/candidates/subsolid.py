@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from nodule.candidates.features import detections_frame, elongation, equivalent_diameter
-from nodule.candidates.hessian import gaussian
+from nodule.candidates.hessian import smoothed_copy
 from nodule.candidates.solid import suppress
 
 
@@ -297,12 +297,7 @@ def detect_subsolid(
         Detections (:data:`~nodule.candidates.features.DETECTION_COLUMNS`), best first.
     """
     sp = np.asarray(spacing_zyx, dtype=np.float64)
-    if smoothed is not None and config.smooth_mm in smoothed:
-        smooth = smoothed[config.smooth_mm]
-    else:
-        smooth = gaussian(array, config.smooth_mm, spacing_zyx)
-        if smoothed is not None:
-            smoothed[config.smooth_mm] = smooth
+    smooth = smoothed_copy(array, config.smooth_mm, spacing_zyx, smoothed)
     blocks, factors = background_map(smooth, lung, sp, config.background_sigma_mm, config.low_hu)
     rim_hu = config.high_hu if config.rim_hu is None else config.rim_hu
     passes = [rim_hu, config.extra_rim_hu] if config.extra_candidates > 0 else [rim_hu]
