@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 FUSIONS = ("committee", "late", "mixed")
-_CPM = re.compile(r"cpm(\d+\.\d+)")
 
 
 def _nodule(args: list[str]) -> None:
@@ -46,11 +44,18 @@ def _nodule(args: list[str]) -> None:
 
 
 def best_checkpoint(folder: Path) -> Path:
-    """The checkpoint with the highest validation CPM in its name (``...-cpm0.1234.ckpt``)."""
-    scored = [(float(m.group(1)), p) for p in folder.glob("*.ckpt") if (m := _CPM.search(p.name))]
-    if not scored:
-        raise FileNotFoundError(f"{folder}: no checkpoint named with its validation CPM")
-    return max(scored, key=lambda sp: (sp[0], sp[1].name))[1]
+    """The best checkpoint by validation CPM, as the ModelCheckpoint callback recorded it in
+    ``last.ckpt`` (read with ``weights_only=True``)."""
+    import torch
+
+    last = folder / "last.ckpt"
+    if not last.exists():
+        raise FileNotFoundError(f"{last}: no last checkpoint")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            return Path(value["best_model_path"])
+    raise ValueError(f"{last}: no ModelCheckpoint state with a best checkpoint")
 
 
 def _write_uids(path: Path, uids: list[str]) -> Path:
