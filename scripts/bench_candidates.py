@@ -3,7 +3,7 @@
 Timing: each run happens in a fresh process (so that its peak resident memory is the
 study's own) on a ``full`` synthetic scan written as .mhd (generated once, seeded) and
 on the real CT; steps: read, lung mask, crop + resample, solid, subsolid, large solid,
-merge. Wall and CPU seconds are reported per step (CPU seconds are robust to a
+rank (context features and the learned ranker), merge. Wall and CPU seconds are reported per step (CPU seconds are robust to a
 shared machine); the median of ``--runs`` runs.
 
 Sensitivity (``--sensitivity DIR``): candidates for every scan of a LUNA16-layout
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "merge", "total")
+STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "rank", "merge", "total")
 
 
 def _run_once(path: str) -> dict[str, Any]:
@@ -56,8 +56,8 @@ def _run_once(path: str) -> dict[str, Any]:
     c = time.process_time()
     result = detect_candidates(volume, lung)
     cpu_detect = time.process_time() - c
-    for step in ("resample", "solid", "subsolid", "large_solid", "merge"):
-        wall[step] = result.seconds[step]
+    for step in ("resample", "solid", "subsolid", "large_solid", "rank", "merge"):
+        wall[step] = result.seconds.get(step, 0.0)
     wall["total"] = time.perf_counter() - t0
     cpu["detect"] = cpu_detect
     cpu["total"] = time.process_time() - c0

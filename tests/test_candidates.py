@@ -214,7 +214,7 @@ def test_candidate_budget(phantom: Phantom) -> None:
     res = detect_candidates(phantom.volume, phantom.labels, CandidateConfig(max_per_scan=3))
     assert len(res.candidates) == 3
     assert res.candidates["probability"].is_monotonic_decreasing
-    assert set(res.seconds) >= {"lung", "resample", "solid", "subsolid", "large_solid", "merge"}
+    assert set(res.seconds) >= {"lung", "resample", "solid", "subsolid", "large_solid", "rank", "merge"}
 
 
 def test_merge_by_distance() -> None:
@@ -325,3 +325,25 @@ def test_binary_open_matches_scipy(radius_mm: float, spacing: tuple[float, float
     mask = np.asarray(ndi.gaussian_filter(rng.normal(size=(30, 36, 40)), 1.5) > 0.03)
     structure = ball(radius_mm, spacing)
     np.testing.assert_array_equal(binary_open(mask, structure), ndi.binary_opening(mask, structure=structure))
+
+
+def test_subsolid_wide_opening_frees_ground_glass_from_clutter() -> None:
+    """A faint 7 mm ground-glass ball threaded on a long, thin ground-glass strand (blurred
+    small vessels): one elongated component, rejected; the wide opening cuts the strand."""
+    shape = (40, 48, 96)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (20.0, 24.0, 48.0)
+    hu = np.full(shape, -850.0, np.float32)
+    strand = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 <= 1.0) & (x >= 8) & (x < 88)
+    hu[strand] = -650.0
+    hu[((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) <= 3.5**2] = -650.0
+    lung = np.ones(shape, bool)
+
+    def near(det: pd.DataFrame) -> np.ndarray:
+        return np.asarray(np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1) < 3.5)
+
+    plain = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), SubsolidConfig(smooth_mm=0.5, wide_openings_mm=(), extra_candidates=0))
+    wide = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), SubsolidConfig(smooth_mm=0.5, wide_openings_mm=(1.5,), extra_candidates=0))
+    assert not near(plain).any()
+    assert near(wide).any()
+    assert 4.0 < wide.loc[near(wide), "diameter_mm"].iloc[0] < 9.0

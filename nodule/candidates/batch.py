@@ -43,6 +43,7 @@ SUMMARY_COLUMNS = (
     "seconds_lung",
     "seconds_resample",
     *(f"seconds_{d}" for d in DETECTORS),
+    "seconds_rank",
     "seconds_merge",
     "seconds_total",
 )

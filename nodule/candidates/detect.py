@@ -1,10 +1,17 @@
-"""All three candidate detectors on one study, merged, in world coordinates.
+"""All three candidate detectors on one study, ranked, merged, in world coordinates.
 
 :func:`detect_candidates` crops the study to its lungs (plus a margin), resamples the
 crop to an isotropic working grid, runs the solid, subsolid and large-solid detectors
-there, maps their centres back to world (x, y, z) mm and to the study's own voxels,
-merges candidates closer than ``merge_distance_mm`` and keeps the best
-``max_per_scan``.
+there (each keeps a generous pool: up to 800, 500 and 30 detections), scores every
+detection with the learned ranker (:mod:`nodule.candidates.ranker`, on the context
+features of :mod:`nodule.candidates.context`), maps the centres back to world (x, y, z)
+mm and to the study's own voxels, merges candidates closer than ``merge_distance_mm``
+(each group keeps its best-scored member) and keeps the best ``max_per_scan``.
+
+Why a learned ranker: on the 100 training scans the detectors' own scores left 15
+nodules out of the best 150, and 11 of those had a detection within their radius,
+ranked in the hundreds (irregular LIDC shapes give a weak Hessian blob measure,
+vessels attached to a nodule lengthen its region).
 
 Working spacing: 1 mm isotropic by default. The smallest LUNA16 nodule (3 mm) is
 still three voxels across; isotropic voxels make the Hessian shape measure the same in
@@ -22,8 +29,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from nodule.candidates.context import CONTEXT_COLUMNS, context_features
 from nodule.candidates.large_solid import LargeSolidConfig, detect_large_solid
 from nodule.candidates.merge import merge_candidates
+from nodule.candidates.ranker import load_ranker
 from nodule.candidates.solid import SolidConfig, detect_solid
 from nodule.candidates.subsolid import SubsolidConfig, detect_subsolid
 from nodule.io import Volume, resample, resample_like
@@ -45,10 +54,11 @@ CANDIDATE_COLUMNS = (
     "volume_mm3",
     "mean_hu",
     "elongation",
+    "detector_score",
 )
-"""Columns of a candidate table: a LUNA16 submission (``probability`` is the detector
-score) followed by the detectors (``+``-joined), the centre in the study's voxels
-(z, y, x) and the features."""
+"""Columns of a candidate table: a LUNA16 submission (``probability`` is the ranker's
+score, or the detector's without a ranker) followed by the detectors (``+``-joined),
+the centre in the study's voxels (z, y, x), the features and the detector's own score."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,11 @@ class CandidateConfig:
         solid: solid detector parameters.
         subsolid: subsolid detector parameters.
         large_solid: large-solid detector parameters.
+        ranker: the learned ranker that scores every detection before merging
+            (:mod:`nodule.candidates.ranker`): ``"default"`` the shipped model, or the
+            path of another; None ranks by the detectors' own scores.
+        context: add the context features (:data:`~nodule.candidates.context.CONTEXT_COLUMNS`)
+            of each detection to the output (the ranker's training data).
     """
 
     work_spacing_mm: float = 1.0
@@ -75,6 +90,8 @@ class CandidateConfig:
     solid: SolidConfig = field(default_factory=SolidConfig)
     subsolid: SubsolidConfig = field(default_factory=SubsolidConfig)
     large_solid: LargeSolidConfig = field(default_factory=LargeSolidConfig)
+    ranker: str | None = "default"
+    context: bool = False
 
 
 @dataclass
@@ -186,6 +203,17 @@ def detect_candidates(
         seconds["merge"] = time.perf_counter() - t
         return CandidateResult(empty_candidates(), lung_ml, counts, seconds)
     zyx = table[["z", "y", "x"]].to_numpy(dtype=np.float64)
+    table = table.reset_index(drop=True).assign(detector_score=table["score"].to_numpy())
+    if config.context or config.ranker is not None:
+        seconds["merge"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ctx = context_features(array, lungs, spacing, zyx, table["diameter_mm"].to_numpy(), smoothed)
+        table = pd.concat([table, ctx], axis=1)
+        if config.ranker is not None:
+            ranker = load_ranker(None if config.ranker == "default" else config.ranker)
+            table["score"] = ranker.score(table)
+        seconds["rank"] = time.perf_counter() - t
+        t = time.perf_counter() - seconds["merge"]
     world = work.voxel_to_world(zyx)
     vox = volume.world_to_voxel(world)
     table = table.assign(
@@ -200,9 +228,10 @@ def detect_candidates(
             "probability": np.clip(merged["score"].to_numpy(dtype=np.float64), 0.0, 1.0),
         }
     )
-    for c in CANDIDATE_COLUMNS:
+    columns = list(CANDIDATE_COLUMNS) + (list(CONTEXT_COLUMNS) if config.context else [])
+    for c in columns:
         if c not in out:
             out[c] = merged[c].to_numpy()
     counts["merged"] = len(out)
     seconds["merge"] = time.perf_counter() - t
-    return CandidateResult(out[list(CANDIDATE_COLUMNS)], lung_ml, counts, seconds)
+    return CandidateResult(out[columns], lung_ml, counts, seconds)

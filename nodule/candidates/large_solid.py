@@ -57,7 +57,7 @@ class LargeSolidConfig:
     min_diameter_mm: float = 10.0
     max_diameter_mm: float = 60.0
     max_elongation: float = 3.0
-    max_candidates: int = 15
+    max_candidates: int = 30
 
 
 def _block_factors(spacing_zyx: Sequence[float], target_mm: float) -> tuple[int, int, int]:

@@ -65,8 +65,8 @@ class SolidConfig:
     ratio_power: float = 0.5
     min_separation_mm: float = 3.0
     region_hu: float = -400.0
-    max_candidates: int = 115
-    rerank_pool: float = 2.0
+    max_candidates: int = 800
+    rerank_pool: float = 1.0
     elongation_power: float = 1.0
 
 

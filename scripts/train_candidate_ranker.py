@@ -1,0 +1,123 @@
+"""Train the candidate stage's learned ranker (``nodule/candidates/ranker.json``).
+
+1. Every detection of the three detectors (their pools, before merging and ranking)
+   with its context features, for each scan of a synthetic LUNA16-layout training
+   set: ``nodule.candidates.detect_candidates`` with ``ranker=None`` and no merging.
+   One CSV per subset under ``--cache``; a subset already done is skipped, so an
+   interrupted run resumes.
+2. Labels: a detection is positive inside a nodule's sphere (the LUNA16 rule);
+   detections on excluded findings are left out.
+3. With ``--validate K...`` (default 7 8 9): a ranker trained on the other subsets is
+   scored on those (sensitivity at the stage's ``max_per_scan`` after merging, against
+   the detector scores), then the shipped model is trained on every subset.
+
+Never point it at the held-out or external sets: they measure the stage.
+
+    .venv/bin/python scripts/train_candidate_ranker.py --root ~/.cache/nodule/synth/train_seed2000 \\
+        --cache ~/.cache/nodule/ranker/train_seed2000 --out nodule/candidates/ranker.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nodule.candidates.batch import run_batch
+from nodule.candidates.detect import CandidateConfig
+from nodule.candidates.merge import merge_candidates
+from nodule.candidates.ranker import fit_ranker
+from nodule.data.luna16 import read_annotations, read_excluded, read_folds
+from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates
+
+
+def pool_config(config: CandidateConfig) -> CandidateConfig:
+    """The stage's configuration with every detection kept: no ranker, merging or cap."""
+    return replace(
+        config, ranker=None, context=True, merge_distance_mm=0.0, merge_radius_fraction=0.0, max_per_scan=10**9
+    )
+
+
+def build_pool(root: Path, cache: Path, config: CandidateConfig, jobs: int) -> pd.DataFrame:
+    """All detections of every subset with their fold; subsets already in ``cache`` are read back."""
+    cache.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for fold in sorted(read_folds(root / "folds")):
+        out = cache / f"subset{fold}.csv"
+        if not out.exists():
+            tmp = out.with_suffix(".partial.csv")
+            run_batch([root / f"subset{fold}"], tmp, jobs=jobs, config=pool_config(config), progress=True)
+            tmp.replace(out)
+            tmp.with_name(f"{tmp.stem}_summary.csv").replace(cache / f"subset{fold}_summary.csv")
+        frame = pd.read_csv(out, dtype={"seriesuid": str})
+        frames.append(frame.assign(fold=fold))
+    return pd.concat(frames, ignore_index=True)
+
+
+def sensitivity(
+    pool: pd.DataFrame, scores: np.ndarray, annotations: pd.DataFrame, config: CandidateConfig
+) -> tuple[int, int, float]:
+    """Nodules hit by the best ``max_per_scan`` merged candidates per scan, of those in ``pool``'s scans."""
+    table = pool.assign(score=scores, detector=pool["detectors"])
+    kept = []
+    for _, scan in table.groupby("seriesuid", sort=False):
+        merged = merge_candidates(scan, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction)
+        kept.append(merged.iloc[: config.max_per_scan])
+    chosen = pd.concat(kept, ignore_index=True)
+    nodules = annotations[annotations["seriesuid"].isin(set(pool["seriesuid"]))].reset_index(drop=True)
+    hit = label_candidates(chosen, nodules)[NODULE_ID]
+    return int(np.unique(hit[hit >= 0]).size), len(nodules), len(chosen) / max(1, pool["seriesuid"].nunique())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, required=True, help="synthetic LUNA16-layout training set")
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the per-subset detection pools")
+    parser.add_argument("--out", type=Path, default=Path("nodule/candidates/ranker.json"))
+    parser.add_argument("--validate", type=int, nargs="*", default=[7, 8, 9], help="subsets held out to validate")
+    parser.add_argument("--hidden", type=int, nargs="*", default=[32, 16])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    config = CandidateConfig()
+    pool = build_pool(args.root, args.cache, config, args.jobs)
+    annotations = read_annotations(args.root / "annotations.csv")
+    excluded = read_excluded(args.root / "annotations_excluded.csv")
+    labelled = label_candidates(pool, annotations, excluded)
+    y = labelled[LABEL].to_numpy()
+    weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
+    fit = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
+    info: dict[str, object] = {
+        "root": args.root.name,
+        "scans": int(pool["seriesuid"].nunique()),
+        "detections_per_scan": round(len(pool) / max(1, pool["seriesuid"].nunique()), 1),
+    }
+    ceiling = int(np.unique(labelled[NODULE_ID][labelled[NODULE_ID] >= 0]).size)
+    print(f"pool: {len(pool)} detections in {info['scans']} scans, {ceiling} of {len(annotations)} nodules hit")
+    if args.validate:
+        val = pool["fold"].isin(args.validate).to_numpy()
+        ranker = fit_ranker(pool[~val], y[~val], weights=weights[~val], **fit)  # type: ignore[arg-type]
+        learned = sensitivity(pool[val], ranker.score(pool[val]), annotations, config)
+        detector = sensitivity(pool[val], pool["probability"].to_numpy()[val], annotations, config)
+        print(f"validation subsets {args.validate}: learned ranker {learned[0]}/{learned[1]} at {learned[2]:.0f}/scan,"
+              f" detector scores {detector[0]}/{detector[1]} at {detector[2]:.0f}/scan")
+        info["validation"] = {
+            "subsets": args.validate,
+            "learned": {"hit": learned[0], "nodules": learned[1], "per_scan": round(learned[2], 1)},
+            "detector_scores": {"hit": detector[0], "nodules": detector[1], "per_scan": round(detector[2], 1)},
+        }
+    ranker = fit_ranker(pool, y, weights=weights, **fit)  # type: ignore[arg-type]
+    ranker.info.update(info)
+    ranker.to_json(args.out)
+    print(f"ranker -> {args.out}: {json.dumps(ranker.info)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Context features and the learned candidate ranker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nodule.candidates.context import CONTEXT_COLUMNS, context_features
+from nodule.candidates.ranker import (
+    DEFAULT_RANKER,
+    INPUT_COLUMNS,
+    CandidateRanker,
+    fit_ranker,
+    load_ranker,
+    ranker_inputs,
+)
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """1 mm lung block (-850 HU) with a 8 mm ball, a 4 mm-thick straight vessel along x,
+    and a faint 10 mm ground-glass ball; a wall of soft tissue at the top (z < 6)."""
+    shape = (48, 64, 96)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    array = np.full(shape, -850.0, np.float32)
+    centres = {"ball": np.array([24.0, 20.0, 20.0]), "vessel": np.array([24.0, 44.0, 60.0]), "ggo": np.array([24.0, 20.0, 70.0])}
+    c = centres["ball"]
+    array[((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= 16] = 30.0
+    c = centres["vessel"]
+    array[(((z - c[0]) ** 2 + (y - c[1]) ** 2) <= 4) & (x >= 0)] = 30.0
+    c = centres["ggo"]
+    array[((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= 25] = -600.0
+    array[:6] = 40.0
+    lung = np.ones(shape, bool)
+    lung[:6] = False
+    return array, lung, centres
+
+
+def test_context_features_tell_ball_vessel_and_ground_glass() -> None:
+    array, lung, centres = _scene()
+    names = list(centres)
+    frame = context_features(
+        array, lung, (1.0, 1.0, 1.0), np.stack([centres[n] for n in names]), np.array([8.0, 4.0, 10.0])
+    )
+    assert list(frame.columns) == list(CONTEXT_COLUMNS)
+    f = frame.set_index(pd.Index(names))
+    assert f.loc["ball", "spill"] == 0.0 and f.loc["vessel", "spill"] > 0.4
+    assert f.loc["ball", "blob_ratio"] > 0.8 > 0.2 > f.loc["vessel", "blob_ratio"]
+    assert f.loc["ball", "solid_ball"] > 0.9 and f.loc["ggo", "solid_ball"] == 0.0
+    assert f.loc["ggo", "ggo_ball"] > 0.9
+    assert f.loc["ball", "hu_outer"] == pytest.approx(-850.0)
+    assert f.loc["ball", "lung_ball"] == 1.0
+    # near the wall the lung fraction drops
+    near_wall = context_features(array, lung, (1.0, 1.0, 1.0), np.array([[8.0, 40.0, 40.0]]), np.array([8.0]))
+    assert near_wall.loc[0, "lung_shell"] < 0.9
+    assert len(context_features(array, lung, (1.0, 1.0, 1.0), np.zeros((0, 3)), np.zeros(0))) == 0
+
+
+def _table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Random detections whose label is 1 where the blob ratio is high and spill low."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.uniform(0.0, 1.0, size=(n, len(INPUT_COLUMNS))), columns=list(INPUT_COLUMNS))
+    frame["detector"] = rng.choice(["solid", "subsolid", "large_solid"], size=n)
+    label = ((frame["blob_ratio"] - frame["spill"]) > 0.3).to_numpy().astype(float)
+    return frame, label
+
+
+def test_fit_ranker_learns_and_round_trips(tmp_path: Path) -> None:
+    frame, label = _table(3000, 0)
+    ranker = fit_ranker(frame, label, hidden=(8,), epochs=20, seed=1)
+    test, test_label = _table(1000, 1)
+    score = ranker.score(test)
+    assert score.shape == (1000,) and ((score >= 0) & (score <= 1)).all()
+    # positives rank above negatives (AUROC well above chance)
+    pos, neg = score[test_label == 1], score[test_label == 0]
+    auroc = (pos[:, None] > neg[None, :]).mean()
+    assert auroc > 0.95
+    again = fit_ranker(frame, label, hidden=(8,), epochs=20, seed=1)
+    np.testing.assert_allclose(again.score(test), score)  # seeded: the same model
+    back = CandidateRanker.from_json(ranker.to_json(tmp_path / "r.json"))
+    np.testing.assert_allclose(back.score(test), score, rtol=1e-12)
+    assert back.features == ranker.features
+
+
+def test_ranker_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"features": []}')
+    with pytest.raises(ValueError, match=r"bad\.json"):
+        CandidateRanker.from_json(bad)
+    frame, _ = _table(10, 0)
+    with pytest.raises(ValueError, match="lacks"):
+        ranker_inputs(frame.drop(columns=["spill"]))
+    with pytest.raises(ValueError, match="positive and negative"):
+        fit_ranker(frame, np.zeros(10))
+
+
+def test_shipped_ranker_reads_current_features() -> None:
+    ranker = load_ranker()
+    frame, _ = _table(5, 0)
+    assert ranker.features == ranker_inputs(frame)[0]
+    assert DEFAULT_RANKER.exists()
+    assert ranker.info.get("root") and int(str(ranker.info.get("scans"))) >= 50
