@@ -1,20 +1,21 @@
 """Train the candidate stage's learned ranker (``nodule/candidates/ranker.json``).
 
 1. Every detection of the three detectors (their pools, before merging and ranking)
-   with its context features, for each scan of a synthetic LUNA16-layout training
-   set: ``nodule.candidates.detect_candidates`` with ``ranker=None`` and no merging.
-   One CSV per subset under ``--cache``; a subset already done is skipped, so an
-   interrupted run resumes.
+   with its context features, for each scan of one or more synthetic LUNA16-layout
+   training sets: ``nodule.candidates.detect_candidates`` with ``ranker=None`` and no
+   merging. One CSV per subset under ``--cache/<set name>``; a subset already done is
+   skipped, so an interrupted run resumes.
 2. Labels: a detection is positive inside a nodule's sphere (the LUNA16 rule);
    detections on excluded findings are left out.
-3. With ``--validate K...`` (default 7 8 9): a ranker trained on the other subsets is
-   scored on those (sensitivity at the stage's ``max_per_scan`` after merging, against
-   the detector scores), then the shipped model is trained on every subset.
+3. With ``--validate K...`` (default 7 8 9): a ranker trained on everything but those
+   subsets of the first set is scored on them (sensitivity at the stage's
+   ``max_per_scan`` after merging, against the detector scores), then the shipped model
+   is trained on every subset of every set.
 
 Never point it at the held-out or external sets: they measure the stage.
 
     .venv/bin/python scripts/train_candidate_ranker.py --root ~/.cache/nodule/synth/train_seed2000 \\
-        --cache ~/.cache/nodule/ranker/train_seed2000 --out nodule/candidates/ranker.json
+        ~/.cache/nodule/synth/train_seed4000 --cache ~/.cache/nodule/ranker --out nodule/candidates/ranker.json
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def sensitivity(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, required=True, help="synthetic LUNA16-layout training set")
-    parser.add_argument("--cache", type=Path, required=True, help="folder for the per-subset detection pools")
+    parser.add_argument("--root", type=Path, nargs="+", required=True, help="synthetic LUNA16-layout training sets")
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the per-set, per-subset detection pools")
     parser.add_argument("--out", type=Path, default=Path("nodule/candidates/ranker.json"))
     parser.add_argument("--validate", type=int, nargs="*", default=[7, 8, 9], help="subsets held out to validate")
     parser.add_argument("--hidden", type=int, nargs="*", default=[32, 16])
@@ -87,22 +88,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = CandidateConfig()
-    pool = build_pool(args.root, args.cache, config, args.jobs)
-    annotations = read_annotations(args.root / "annotations.csv")
-    excluded = read_excluded(args.root / "annotations_excluded.csv")
-    labelled = label_candidates(pool, annotations, excluded)
+    pools, labelled_sets = [], []
+    for k, root in enumerate(args.root):
+        pool = build_pool(root, args.cache / root.name, config, args.jobs).assign(set=k)
+        annotations = read_annotations(root / "annotations.csv")
+        excluded = read_excluded(root / "annotations_excluded.csv")
+        pools.append(pool)
+        labelled_sets.append(label_candidates(pool, annotations, excluded))
+        hit = labelled_sets[-1][NODULE_ID]
+        print(f"{root.name}: {len(pool)} detections in {pool['seriesuid'].nunique()} scans,"
+              f" {np.unique(hit[hit >= 0]).size} of {len(annotations)} nodules hit")
+    pool = pd.concat(pools, ignore_index=True)
+    labelled = pd.concat(labelled_sets, ignore_index=True)
     y = labelled[LABEL].to_numpy()
     weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
     fit = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
     info: dict[str, object] = {
-        "root": args.root.name,
+        "roots": [r.name for r in args.root],
         "scans": int(pool["seriesuid"].nunique()),
         "detections_per_scan": round(len(pool) / max(1, pool["seriesuid"].nunique()), 1),
     }
-    ceiling = int(np.unique(labelled[NODULE_ID][labelled[NODULE_ID] >= 0]).size)
-    print(f"pool: {len(pool)} detections in {info['scans']} scans, {ceiling} of {len(annotations)} nodules hit")
     if args.validate:
-        val = pool["fold"].isin(args.validate).to_numpy()
+        val = (pool["set"] == 0).to_numpy() & pool["fold"].isin(args.validate).to_numpy()
+        annotations = read_annotations(args.root[0] / "annotations.csv")
         ranker = fit_ranker(pool[~val], y[~val], weights=weights[~val], **fit)  # type: ignore[arg-type]
         learned = sensitivity(pool[val], ranker.score(pool[val]), annotations, config)
         detector = sensitivity(pool[val], pool["probability"].to_numpy()[val], annotations, config)

@@ -101,4 +101,4 @@ def test_shipped_ranker_reads_current_features() -> None:
     frame, _ = _table(5, 0)
     assert ranker.features == ranker_inputs(frame)[0]
     assert DEFAULT_RANKER.exists()
-    assert ranker.info.get("root") and int(str(ranker.info.get("scans"))) >= 50
+    assert ranker.info.get("roots") and int(str(ranker.info.get("scans"))) >= 50
