@@ -60,6 +60,11 @@ def _mean(values: np.ndarray, where: np.ndarray, default: float) -> float:
     return float(values[where].mean()) if n else default
 
 
+def _fraction(mask: np.ndarray, where: np.ndarray, n: int) -> float:
+    """Share of the ``n`` voxels of ``where`` that are in ``mask`` (0 when ``n`` is 0)."""
+    return float(np.count_nonzero(mask & where)) / n if n else 0.0
+
+
 def _one(
     array: np.ndarray, smooth: np.ndarray, lung: np.ndarray, sp: np.ndarray, c: np.ndarray, radius: float
 ) -> list[float]:
@@ -73,21 +78,24 @@ def _one(
     grids = np.ogrid[window]
     d = np.sqrt(sum(((g - x) * s) ** 2 for g, x, s in zip(grids, c, sp, strict=True)))
     ball = d <= radius
-    shell = (d > radius) & (d <= 2.0 * radius)
-    outer = (d > 2.0 * radius) & (d <= 3.0 * radius)
+    within2 = d <= 2.0 * radius
+    within3 = d <= 3.0 * radius
+    shell = within2 & ~ball
+    outer = within3 & ~within2
     solid = sub > SOLID_HU
     ggo = (sub > GGO_HU[0]) & (sub <= GGO_HU[1])
+    n_ball, n_shell = int(np.count_nonzero(ball)), int(np.count_nonzero(shell))
     hu_ball = _mean(sub, ball, float(sub.mean()))
     background = outer & lungs & ~solid
     hu_outer = float(np.median(sub[background])) if background.any() else -850.0
     local = np.clip(ci - lo, 0, np.asarray(sub.shape) - 1)
     spill = 0.0
-    region = solid & (d <= 3.0 * radius)
+    region = solid & within3
     if region.any():
         labels, _ = ndi.label(region)
         label = int(labels[tuple(local)])
         if label == 0:
-            near = region & (d <= radius)
+            near = region & ball
             label = int(np.bincount(labels[near]).argmax()) if near.any() else 0
         if label:
             comp = labels == label
@@ -98,13 +106,13 @@ def _one(
         _mean(sub, shell, hu_ball),
         hu_outer,
         float(sub[ball].std()) if ball.any() else 0.0,
-        _mean(solid, ball, 0.0),
-        _mean(solid, shell, 0.0),
-        _mean(solid, outer, 0.0),
-        _mean(ggo, ball, 0.0),
-        _mean(ggo, shell, 0.0),
-        _mean(lungs, ball, 0.0),
-        _mean(lungs, shell, 0.0),
+        _fraction(solid, ball, n_ball),
+        _fraction(solid, shell, n_shell),
+        _fraction(solid, outer, int(np.count_nonzero(outer))),
+        _fraction(ggo, ball, n_ball),
+        _fraction(ggo, shell, n_shell),
+        _fraction(lungs, ball, n_ball),
+        _fraction(lungs, shell, n_shell),
         spill,
     ]
 
