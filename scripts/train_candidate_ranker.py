@@ -29,8 +29,7 @@ import numpy as np
 import pandas as pd
 
 from nodule.candidates.batch import run_batch
-from nodule.candidates.detect import CandidateConfig
-from nodule.candidates.merge import merge_candidates
+from nodule.candidates.detect import CandidateConfig, keep_best
 from nodule.candidates.ranker import fit_ranker
 from nodule.data.luna16 import read_annotations, read_excluded, read_folds
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates
@@ -64,11 +63,7 @@ def sensitivity(
 ) -> tuple[int, int, float]:
     """Nodules hit by the best ``max_per_scan`` merged candidates per scan, of those in ``pool``'s scans."""
     table = pool.assign(score=scores, detector=pool["detectors"])
-    kept = []
-    for _, scan in table.groupby("seriesuid", sort=False):
-        merged = merge_candidates(scan, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction)
-        kept.append(merged.iloc[: config.max_per_scan])
-    chosen = pd.concat(kept, ignore_index=True)
+    chosen = pd.concat([keep_best(scan, config) for _, scan in table.groupby("seriesuid", sort=False)], ignore_index=True)
     nodules = annotations[annotations["seriesuid"].isin(set(pool["seriesuid"]))].reset_index(drop=True)
     hit = label_candidates(chosen, nodules)[NODULE_ID]
     return int(np.unique(hit[hit >= 0]).size), len(nodules), len(chosen) / max(1, pool["seriesuid"].nunique())

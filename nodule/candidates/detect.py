@@ -145,6 +145,13 @@ def _crop(volume: Volume, labels: np.ndarray, margin_mm: float) -> tuple[Volume,
     return image, mask
 
 
+def keep_best(table: pd.DataFrame, config: CandidateConfig) -> pd.DataFrame:
+    """One study's scored detections (``score``, ``detector``, world ``coordX/Y/Z``, ``diameter_mm``)
+    merged (:func:`~nodule.candidates.merge.merge_candidates`) and cut to the best ``max_per_scan``."""
+    merged = merge_candidates(table, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction)
+    return merged.iloc[: config.max_per_scan]
+
+
 def detect_candidates(
     volume: Volume,
     lung: LungMask | np.ndarray | None = None,
@@ -197,15 +204,13 @@ def detect_candidates(
         counts[name] = len(det)
         found.append(det)
 
-    t = time.perf_counter()
     table = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else found[0]
     if len(table) == 0:
-        seconds["merge"] = time.perf_counter() - t
+        seconds["merge"] = 0.0
         return CandidateResult(empty_candidates(), lung_ml, counts, seconds)
     zyx = table[["z", "y", "x"]].to_numpy(dtype=np.float64)
     table = table.reset_index(drop=True).assign(detector_score=table["score"].to_numpy())
     if config.context or config.ranker is not None:
-        seconds["merge"] = time.perf_counter() - t
         t = time.perf_counter()
         ctx = context_features(array, lungs, spacing, zyx, table["diameter_mm"].to_numpy(), smoothed)
         table = pd.concat([table, ctx], axis=1)
@@ -213,15 +218,15 @@ def detect_candidates(
             ranker = load_ranker(None if config.ranker == "default" else config.ranker)
             table["score"] = ranker.score(table)
         seconds["rank"] = time.perf_counter() - t
-        t = time.perf_counter() - seconds["merge"]
+
+    t = time.perf_counter()
     world = work.voxel_to_world(zyx)
     vox = volume.world_to_voxel(world)
     table = table.assign(
         coordX=world[:, 0], coordY=world[:, 1], coordZ=world[:, 2],
         voxelZ=vox[:, 0], voxelY=vox[:, 1], voxelX=vox[:, 2],
     )
-    merged = merge_candidates(table, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction)
-    merged = merged.iloc[: config.max_per_scan]
+    merged = keep_best(table, config)
     out = pd.DataFrame(
         {
             "seriesuid": [volume.series_uid] * len(merged),
