@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from nodule.candidates.hessian import blob_response, smoothed_copy
+from nodule.candidates.hessian import SmoothingCache, blob_response, smoothed_copy
 
 SOLID_HU = -400.0
 GGO_HU = (-750.0, -300.0)
@@ -123,7 +123,7 @@ def context_features(
     spacing_zyx: Sequence[float],
     centres_zyx: np.ndarray,
     diameters_mm: np.ndarray,
-    smoothed: dict[float, np.ndarray] | None = None,
+    smoothed: SmoothingCache | None = None,
 ) -> pd.DataFrame:
     """The :data:`CONTEXT_COLUMNS` of candidates on a working volume.
 
@@ -133,7 +133,7 @@ def context_features(
         spacing_zyx: voxel size in mm.
         centres_zyx: candidate centres in voxels (N, 3).
         diameters_mm: candidate diameters in mm (N,).
-        smoothed: cache of smoothed copies of ``array`` by sigma in mm (read and filled).
+        smoothed: cache of smoothed copies of ``array`` (:data:`~nodule.candidates.hessian.SmoothingCache`) (read and filled).
 
     Returns:
         One row per candidate, in the given order.

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from nodule.candidates.context import CONTEXT_COLUMNS, context_features
+from nodule.candidates.hessian import SmoothingCache
 from nodule.candidates.large_solid import LargeSolidConfig, detect_large_solid
 from nodule.candidates.merge import merge_candidates
 from nodule.candidates.ranker import load_ranker
@@ -192,7 +193,7 @@ def detect_candidates(
 
     found = []
     lungs = work_labels > 0
-    smoothed: dict[float, np.ndarray] = {}
+    smoothed: SmoothingCache = {}
     for name, run in (
         ("solid", lambda: detect_solid(array, lungs, spacing, config.solid, smoothed)),
         ("subsolid", lambda: detect_subsolid(array, lungs, spacing, config.subsolid, smoothed)),

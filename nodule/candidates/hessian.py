@@ -18,8 +18,9 @@ voxels only, so the eigen-analysis costs nothing where nothing is asked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -48,17 +49,27 @@ def gaussian(array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float]) -
     return np.asarray(ndi.gaussian_filter(array.astype(np.float32, copy=False), sigma, truncate=3.0))
 
 
-def smoothed_copy(
-    array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float], cache: dict[float, np.ndarray] | None
-) -> np.ndarray:
-    """:func:`gaussian` of ``array``, taken from ``cache`` (keyed by sigma in mm) when it is
-    there and stored in it otherwise; ``cache=None`` always computes it."""
-    if cache is not None and sigma_mm in cache:
-        return cache[sigma_mm]
-    blurred = gaussian(array, sigma_mm, spacing_zyx)
+SmoothingCache = dict[tuple[float, bool], np.ndarray]
+"""Smoothed copies of one working volume shared by the detectors and the context features,
+keyed by (sigma in mm, half resolution); ``(0.0, True)`` is the unsmoothed half-resolution copy."""
+
+
+def _cached(cache: SmoothingCache | None, key: tuple[float, bool], make: Callable[[], np.ndarray]) -> np.ndarray:
+    """``cache[key]``, made by ``make()`` and stored when it is missing (``cache=None``: always made)."""
+    if cache is not None and key in cache:
+        return cache[key]
+    value = make()
     if cache is not None:
-        cache[sigma_mm] = blurred
-    return blurred
+        cache[key] = value
+    return value
+
+
+def smoothed_copy(
+    array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float], cache: SmoothingCache | None
+) -> np.ndarray:
+    """:func:`gaussian` of ``array``, taken from ``cache`` when it is there and stored in it
+    otherwise; ``cache=None`` always computes it."""
+    return _cached(cache, (sigma_mm, False), lambda: gaussian(array, sigma_mm, spacing_zyx))
 
 
 def half_resolution(array: np.ndarray) -> np.ndarray:
@@ -129,7 +140,7 @@ def blob_response(
     spacing_zyx: Sequence[float],
     sigmas_mm: Sequence[float],
     coarse_from: float = 2.0,
-    smoothed: dict[float, np.ndarray] | None = None,
+    smoothed: SmoothingCache | None = None,
 ) -> BlobResponse:
     """Best scale-normalised bright-blob measure over ``sigmas_mm`` at the flat indices ``index``.
 
@@ -139,7 +150,7 @@ def blob_response(
         spacing_zyx: voxel size in mm.
         sigmas_mm: Gaussian scales in mm, ascending.
         coarse_from: scales of at least this many voxels (in every axis) run at half resolution.
-        smoothed: cache of full-resolution smoothed volumes by sigma (read and filled).
+        smoothed: cache of smoothed volumes, full and half resolution (read and filled).
 
     Returns:
         The response per voxel with its best scale and eigenvalue ratio.
@@ -154,10 +165,12 @@ def blob_response(
         coarse = bool(np.all(sigma / sp >= coarse_from)) and min(array.shape) >= 8
         if coarse:
             if half is None:
-                half = half_resolution(array)
+                half = _cached(smoothed, (0.0, True), lambda: half_resolution(array))
                 coarse_idx = _coarse_index(index, array.shape, half.shape)
             assert coarse_idx is not None
-            blurred = gaussian(half, float(np.sqrt(sigma**2 - 0.25 * float(sp.max()) ** 2)), tuple(2 * sp))
+            # the block means' own blur (0.25 voxel^2) is taken off the sigma
+            residual = float(np.sqrt(sigma**2 - 0.25 * float(sp.max()) ** 2))
+            blurred = _cached(smoothed, (float(sigma), True), partial(gaussian, half, residual, tuple(2 * sp)))
             h = hessian_at(blurred, coarse_idx, tuple(2 * sp))
         else:
             blurred = smoothed_copy(array, sigma, spacing_zyx, smoothed)

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from nodule.candidates.features import detections_frame, region_features
-from nodule.candidates.hessian import blob_response
+from nodule.candidates.hessian import SmoothingCache, blob_response
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def detect_solid(
     lung: np.ndarray,
     spacing_zyx: Sequence[float],
     config: SolidConfig = SolidConfig(),
-    smoothed: dict[float, np.ndarray] | None = None,
+    smoothed: SmoothingCache | None = None,
 ) -> pd.DataFrame:
     """Solid nodule candidates in a working volume.
 
@@ -129,7 +129,7 @@ def detect_solid(
         lung: boolean lung mask of the same shape.
         spacing_zyx: voxel size in mm.
         config: parameters.
-        smoothed: cache of smoothed copies of ``array`` by sigma in mm, shared with
+        smoothed: cache of smoothed copies of ``array`` (:data:`~nodule.candidates.hessian.SmoothingCache`), shared with
             the other detectors (read and filled).
 
     Returns:

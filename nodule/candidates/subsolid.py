@@ -50,7 +50,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from nodule.candidates.features import detections_frame, elongation, equivalent_diameter
-from nodule.candidates.hessian import smoothed_copy
+from nodule.candidates.hessian import SmoothingCache, smoothed_copy
 from nodule.candidates.solid import suppress
 
 
@@ -309,7 +309,7 @@ def detect_subsolid(
     lung: np.ndarray,
     spacing_zyx: Sequence[float],
     config: SubsolidConfig = SubsolidConfig(),
-    smoothed: dict[float, np.ndarray] | None = None,
+    smoothed: SmoothingCache | None = None,
 ) -> pd.DataFrame:
     """Subsolid nodule candidates in a working volume.
 
@@ -318,7 +318,7 @@ def detect_subsolid(
         lung: boolean lung mask of the same shape.
         spacing_zyx: voxel size in mm.
         config: parameters.
-        smoothed: cache of smoothed copies of ``array`` by sigma in mm (read and filled).
+        smoothed: cache of smoothed copies of ``array`` (:data:`~nodule.candidates.hessian.SmoothingCache`) (read and filled).
 
     Returns:
         Detections (:data:`~nodule.candidates.features.DETECTION_COLUMNS`), best first.
