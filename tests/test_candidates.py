@@ -347,3 +347,47 @@ def test_subsolid_wide_opening_frees_ground_glass_from_clutter() -> None:
     assert not near(plain).any()
     assert near(wide).any()
     assert 4.0 < wide.loc[near(wide), "diameter_mm"].iloc[0] < 9.0
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (2.5, 1.6, 1.6)])
+def test_close_ball_matches_distance_transform_closing(spacing: tuple[float, float, float]) -> None:
+    """The closing (SimpleITK's Maurer distances) equals the definition by scipy's exact EDT."""
+    from scipy import ndimage as ndi
+
+    from nodule.candidates.large_solid import close_ball
+
+    rng = np.random.default_rng(3)
+    mask = np.asarray(ndi.gaussian_filter(rng.normal(size=(28, 34, 30)), 2.0) > 0.05)
+    radius = 6.0
+    pad = [(int(p), int(p)) for p in np.ceil(radius / np.asarray(spacing)).astype(int) + 1]
+    padded = np.pad(mask, pad)
+    dilated = ndi.distance_transform_edt(~padded, sampling=spacing) <= radius
+    closed = ndi.distance_transform_edt(dilated, sampling=spacing) > radius
+    inner = tuple(slice(a, a + n) for (a, _), n in zip(pad, mask.shape, strict=True))
+    expected = closed[inner] | mask
+    got = close_ball(mask, radius, spacing)
+    assert got.sum() > mask.sum()  # the closing fills something
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_subsolid_contrast_levels_free_a_nodule_from_a_faint_halo() -> None:
+    """A ground-glass ball inside a long, fainter ground-glass slab: one elongated
+    component at the lowest contrast threshold; the ball alone passes a higher one."""
+    shape = (40, 48, 96)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (20.0, 24.0, 48.0)
+    hu = np.full(shape, -850.0, np.float32)
+    hu[(np.abs(z - centre[0]) <= 2) & (np.abs(y - centre[1]) <= 2) & (x >= 10) & (x < 86)] = -690.0
+    hu[((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) <= 4.0**2] = -550.0
+    lung = np.ones(shape, bool)
+
+    def found(levels: int) -> pd.DataFrame:
+        config = SubsolidConfig(smooth_mm=0.5, contrast_levels=levels, wide_openings_mm=(), extra_candidates=0)
+        det = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), config)
+        d = np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1)
+        return det[d < 3.0]
+
+    assert found(1).empty
+    freed = found(3)
+    assert len(freed) == 1
+    assert 6.0 < freed["diameter_mm"].iloc[0] < 10.0

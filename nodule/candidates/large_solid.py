@@ -70,15 +70,30 @@ def _block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.BinShrink(image, list(factors[::-1])))
 
 
+def _outside_distance2(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance (mm^2) of each voxel outside ``mask`` to the nearest voxel in it (<= 0 inside).
+
+    SimpleITK's Maurer transform: exact, and several times faster than scipy's here.
+    """
+    image = sitk.GetImageFromArray(mask.view(np.uint8))
+    image.SetSpacing([float(s) for s in spacing_zyx[::-1]])
+    distance = sitk.SignedMaurerDistanceMap(
+        image, insideIsPositive=False, squaredDistance=True, useImageSpacing=True, backgroundValue=0
+    )
+    return sitk.GetArrayFromImage(distance)
+
+
 def close_ball(mask: np.ndarray, radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
     """Morphological closing with a Euclidean ball of ``radius_mm`` (by two distance transforms)."""
     sp = np.asarray(spacing_zyx, dtype=np.float64)
     pad = np.ceil(radius_mm / sp).astype(int) + 1
-    padded = np.pad(mask, [(int(p), int(p)) for p in pad])
+    padded = np.pad(mask.astype(bool, copy=False), [(int(p), int(p)) for p in pad])
     if not padded.any():
         return mask.copy()
-    dilated = ndi.distance_transform_edt(~padded, sampling=sp) <= radius_mm
-    closed = ndi.distance_transform_edt(dilated, sampling=sp) > radius_mm
+    r2 = radius_mm * radius_mm
+    dilated = _outside_distance2(padded, sp) <= r2
+    # the eroded voxels: farther than the radius from every voxel outside the dilation
+    closed = _outside_distance2(~dilated, sp) > r2
     inner = tuple(slice(int(p), int(p) + n) for p, n in zip(pad, mask.shape, strict=True))
     return np.asarray(closed[inner] | mask)
 

@@ -179,81 +179,146 @@ def sample_blocks(blocks: np.ndarray, factors: tuple[int, int, int], index: tupl
     return np.asarray(blocks[pos[0], pos[1], pos[2]])
 
 
-def _background(
-    smooth: np.ndarray, lung: np.ndarray, centre: np.ndarray, sp: np.ndarray, radius_mm: float, below_hu: float
-) -> float:
-    """Median HU of the lung voxels below ``below_hu`` within ``radius_mm`` of ``centre``."""
-    half = np.ceil(radius_mm / sp).astype(int)
-    c = np.rint(centre).astype(int)
-    lo = np.maximum(0, c - half)
-    hi = np.minimum(np.asarray(smooth.shape), c + half + 1)
-    window = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    values = smooth[window][lung[window] & (smooth[window] <= below_hu)]
-    return float(np.median(values)) if values.size else below_hu
+Row = dict[str, float]
+Keyed = tuple[tuple[int, int, int], Row]
+"""A candidate row with its place in the search order (level, first voxel, part)."""
 
 
-def _components(
-    band: np.ndarray,
-    offset: np.ndarray,
-    smooth: np.ndarray,
-    lung: np.ndarray,
-    sp: np.ndarray,
-    config: SubsolidConfig,
-    min_diameter_mm: float,
-    wide_openings_mm: Sequence[float] = (),
-) -> list[dict[str, float]]:
-    """Candidate rows of the components of ``band`` (a box of the grid starting at voxel
-    ``offset``) that pass the size and shape filters; centres in voxels of the grid.
+class _Search:
+    """Steps 3-4 of the module docstring on one band box: components, filters and scores.
 
-    A component too long for them is opened with balls of ``wide_openings_mm`` in its
-    own box, and the parts that remain are tried in turn.
+    Rows carry the order in which a labelling of each contrast level's whole band would
+    meet them (level, raster index of the component's first voxel in the box, part of a
+    split component), so that ties in score are broken as that labelling would.
     """
-    labels, n = ndi.label(band)
-    if n == 0:
-        return []
-    voxel_mm3 = float(np.prod(sp))
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    diam = equivalent_diameter(counts * voxel_mm3)
-    ok = diam >= min_diameter_mm
-    ok[0] = False
-    rows = []
-    objects = ndi.find_objects(labels)
-    spacing_zyx = tuple(float(v) for v in sp)
-    for label in np.flatnonzero(ok):
-        sl = objects[label - 1]
-        region = labels[sl] == label
-        if diam[label] > config.max_diameter_mm:
-            continue
-        elong = elongation(np.argwhere(region) * sp)
-        if elong > config.max_elongation:
-            start = offset + np.array([s.start for s in sl])
-            # a nodule of min_diameter with its bridges is at least split_min_diameter_mm
-            for radius in wide_openings_mm if diam[label] >= config.split_min_diameter_mm else ():
-                # small boxes: scipy's C opening beats the shifted-array one here
-                parts = ndi.binary_opening(region, structure=ball(radius, spacing_zyx))
-                rows.extend(_components(parts, start, smooth, lung, sp, config, min_diameter_mm))
-            continue
-        pts = np.argwhere(region)
-        centre = pts.mean(axis=0) + np.array([s.start for s in sl]) + offset
-        box = tuple(slice(int(s.start + o), int(s.stop + o)) for s, o in zip(sl, offset, strict=True))
-        mean_hu = float(smooth[box][region].mean())
-        background = _background(smooth, lung, centre, sp, config.background_mm, config.low_hu)
-        contrast = max(0.0, mean_hu - background)
+
+    def __init__(
+        self,
+        smooth: np.ndarray,
+        lung: np.ndarray,
+        sp: np.ndarray,
+        config: SubsolidConfig,
+        box_lo: Sequence[int],
+        box_shape: tuple[int, ...],
+    ) -> None:
+        self.smooth, self.lung, self.sp, self.config = smooth, lung, sp, config
+        self.box_lo = np.asarray(box_lo, dtype=np.int64)
+        self.box_shape = box_shape
+        self.spacing_zyx = tuple(float(v) for v in sp)
+        self._normal: np.ndarray | None = None
+        self._backgrounds: dict[tuple[int, int, int], float] = {}
+
+    def background(self, centre: np.ndarray) -> float:
+        """Median HU of the lung voxels below ``low_hu`` within ``background_mm`` of ``centre``."""
+        c = np.rint(centre).astype(int)
+        key = (int(c[0]), int(c[1]), int(c[2]))
+        if key not in self._backgrounds:
+            if self._normal is None:
+                self._normal = self.lung & (self.smooth <= self.config.low_hu)
+            half = np.ceil(self.config.background_mm / self.sp).astype(int)
+            lo = np.maximum(0, c - half)
+            hi = np.minimum(np.asarray(self.smooth.shape), c + half + 1)
+            window = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+            values = self.smooth[window][self._normal[window]]
+            self._backgrounds[key] = float(np.median(values)) if values.size else self.config.low_hu
+        return self._backgrounds[key]
+
+    def _first(self, region: np.ndarray, start: np.ndarray) -> int:
+        """Raster index, in the band box, of the first voxel of ``region`` (whose box starts at ``start``)."""
+        first = np.unravel_index(int(np.argmax(region)), region.shape) + start - self.box_lo
+        return int(np.ravel_multi_index(tuple(int(v) for v in first), self.box_shape))
+
+    def _row(
+        self, region: np.ndarray, pts: np.ndarray, start: np.ndarray, diameter: float, count: int, elong: float
+    ) -> Row:
+        """The candidate row of a component (``region`` in its box at ``start``, voxels ``pts`` in that box)."""
+        config = self.config
+        centre = pts.mean(axis=0) + start
+        box = tuple(slice(int(s), int(s) + n) for s, n in zip(start, region.shape, strict=True))
+        mean_hu = float(self.smooth[box][region].mean())
+        contrast = max(0.0, mean_hu - self.background(centre))
         score = (1.0 - np.exp(-contrast / config.contrast_scale_hu)) / elong
-        score *= min(1.0, float(diam[label]) / config.size_scale_mm) ** config.size_power
-        rows.append(
-            {
-                "z": centre[0],
-                "y": centre[1],
-                "x": centre[2],
-                "score": float(score),
-                "diameter_mm": float(diam[label]),
-                "volume_mm3": float(counts[label] * voxel_mm3),
-                "mean_hu": mean_hu,
-                "elongation": elong,
-            }
-        )
-    return rows
+        score *= min(1.0, diameter / config.size_scale_mm) ** config.size_power
+        voxel_mm3 = float(np.prod(self.sp))
+        return {
+            "z": centre[0],
+            "y": centre[1],
+            "x": centre[2],
+            "score": float(score),
+            "diameter_mm": diameter,
+            "volume_mm3": float(count * voxel_mm3),
+            "mean_hu": mean_hu,
+            "elongation": elong,
+        }
+
+    def find(
+        self,
+        band: np.ndarray,
+        offset: np.ndarray,
+        min_diameter_mm: float,
+        level: int = 0,
+        wide_openings_mm: Sequence[float] = (),
+        excess: np.ndarray | None = None,
+        thresholds: Sequence[float] = (),
+        parent: int | None = None,
+        voxels: tuple[np.ndarray, ...] | None = None,
+    ) -> list[Keyed]:
+        """Keyed candidate rows of the components of ``band`` (a box of the grid starting at
+        voxel ``offset``) that pass the size and shape filters; centres in voxels of the grid.
+
+        A component too long for them is opened with balls of ``wide_openings_mm`` in its
+        own box, and the parts that remain are tried in turn (``parent``: the split
+        component's first voxel). With ``excess`` (the band's contrast, same box), the
+        components are searched again at each of ``thresholds`` (levels 1, 2, ...): a
+        component of a higher level lies inside one of this level, so only the boxes of
+        components large enough are labelled again, and only where enough of their voxels
+        pass the threshold but not all (then it is the same component, found again).
+        ``voxels``: indices of a superset of ``band``'s voxels in the box (to count on
+        them instead of on the whole box; needed with ``thresholds``).
+        """
+        config = self.config
+        labels, n = ndi.label(band)
+        if n == 0:
+            return []
+        voxel_mm3 = float(np.prod(self.sp))
+        on = labels[voxels] if voxels is not None else labels.ravel()
+        counts = np.bincount(on, minlength=n + 1)
+        diam = equivalent_diameter(counts * voxel_mm3)
+        ok = diam >= min_diameter_mm
+        ok[0] = False
+        # per level: does the component hold enough voxels above the threshold, but not all?
+        search_level = []
+        for threshold in thresholds:
+            if excess is None or voxels is None:
+                raise ValueError("thresholds need the band's voxels and their excess")
+            above = np.bincount(on, weights=excess[voxels] > threshold, minlength=n + 1)
+            search_level.append((equivalent_diameter(above * voxel_mm3) >= min_diameter_mm) & (above < counts))
+        rows: list[Keyed] = []
+        objects = ndi.find_objects(labels)
+        for part, label in enumerate(np.flatnonzero(ok)):
+            sl = objects[label - 1]
+            region = labels[sl] == label
+            start = offset + np.array([s.start for s in sl], dtype=np.int64)
+            for k, (threshold, search) in enumerate(zip(thresholds, search_level, strict=True), start=1):
+                if search[label]:
+                    assert excess is not None
+                    higher = region & (excess[sl] > threshold)
+                    rows.extend(self.find(higher, start, min_diameter_mm, level + k, wide_openings_mm))
+            first = self._first(region, start) if parent is None else parent
+            if diam[label] > config.max_diameter_mm:
+                continue
+            pts = np.argwhere(region)
+            elong = elongation(pts * self.sp)
+            if elong > config.max_elongation:
+                # a nodule of min_diameter with its bridges is at least split_min_diameter_mm
+                for radius in wide_openings_mm if diam[label] >= config.split_min_diameter_mm else ():
+                    # small boxes: scipy's C opening beats the shifted-array one here
+                    parts = ndi.binary_opening(region, structure=ball(radius, self.spacing_zyx))
+                    rows.extend(self.find(parts, start, min_diameter_mm, level, parent=first))
+                continue
+            key = (level, first, part if parent is not None else -1)
+            rows.append((key, self._row(region, pts, start, float(diam[label]), int(counts[label]), elong)))
+        return rows
 
 
 def _band_candidates(
@@ -266,7 +331,7 @@ def _band_candidates(
     in_band: np.ndarray,
     min_diameter_mm: float,
     wide_openings_mm: Sequence[float] = (),
-) -> list[dict[str, float]]:
+) -> list[Row]:
     """Steps 1-3 of the module docstring on a band with its rims removed, with the given
     smallest diameter: candidate rows (centres in voxels), best first, one per nodule."""
     spacing_zyx = tuple(float(v) for v in sp)
@@ -287,19 +352,20 @@ def _band_candidates(
     excess_box = np.zeros(band0.shape, dtype=np.float32)
     excess_box[local] = excess
     opened = binary_open(band0, structure)
-    offset = np.asarray(lo, dtype=np.float64)
-    rows: list[dict[str, float]] = []
-    for step in range(config.contrast_levels):
-        band = opened & (excess_box > config.min_contrast_hu + step * config.contrast_step_hu) if step else opened
-        rows.extend(_components(band, offset, smooth, lung, sp, config, min_diameter_mm, wide_openings_mm))
-    if not rows:
+    search = _Search(smooth, lung, sp, config, lo, band0.shape)
+    thresholds = [config.min_contrast_hu + step * config.contrast_step_hu for step in range(1, config.contrast_levels)]
+    keyed = search.find(
+        opened, np.asarray(lo, dtype=np.int64), min_diameter_mm, 0, wide_openings_mm, excess_box, thresholds, voxels=local
+    )
+    if not keyed:
         return []
     # the same nodule found at several levels: keep the best-scoring one
-    rows.sort(key=lambda r: -r["score"])
+    keyed.sort(key=lambda kr: (-kr[1]["score"], kr[0]))
+    rows = [r for _, r in keyed]
     pts = np.array([[r["z"], r["y"], r["x"]] for r in rows]) * sp
     radius = np.array([max(r["diameter_mm"] / 2, 1.0) for r in rows])
-    keep = suppress(pts, np.arange(len(rows)), radius)
-    rows = [rows[i] for i in keep]
+    kept = suppress(pts, np.arange(len(rows)), radius)
+    rows = [rows[i] for i in kept]
     rows.sort(key=lambda r: -r["score"])
     return rows
 
