@@ -11,6 +11,8 @@
    subsets of the first set is scored on them (sensitivity at the stage's
    ``max_per_scan`` after merging, against the detector scores), then the shipped model
    is trained on every subset of every set.
+4. With ``--leave-one-set-out``: for each set, a ranker trained on the other sets is
+   scored on it (nodules kept of those in its pool, and with the detector scores).
 
 Never point it at the held-out or external sets: they measure the stage.
 
@@ -24,6 +26,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +72,28 @@ def sensitivity(
     return int(np.unique(hit[hit >= 0]).size), len(nodules), len(chosen) / max(1, pool["seriesuid"].nunique())
 
 
+def leave_one_set_out(
+    pool: pd.DataFrame, y: np.ndarray, weights: np.ndarray, roots: list[Path], config: CandidateConfig, fit: dict[str, Any]
+) -> dict[str, dict[str, int]]:
+    """Per set (``pool["set"]``): nodules in its pool, kept by a ranker of the other sets and by the detector scores."""
+    out = {}
+    for k, root in enumerate(roots):
+        test = (pool["set"] == k).to_numpy()
+        annotations = read_annotations(root / "annotations.csv")
+        hit = label_candidates(pool[test], annotations)[NODULE_ID]
+        ranker = fit_ranker(pool[~test], y[~test], weights=weights[~test], **fit)
+        learned = sensitivity(pool[test], ranker.score(pool[test]), annotations, config)
+        detector = sensitivity(pool[test], pool["probability"].to_numpy()[test], annotations, config)
+        out[root.name] = {
+            "nodules": learned[1],
+            "in_pool": int(np.unique(hit[hit >= 0]).size),
+            "learned": learned[0],
+            "detector_scores": detector[0],
+        }
+        print(f"leave out {root.name}: {out[root.name]}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, nargs="+", required=True, help="synthetic LUNA16-layout training sets")
@@ -80,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--leave-one-set-out", action="store_true", help="score each set with a ranker of the others")
     args = parser.parse_args(argv)
 
     config = CandidateConfig()
@@ -97,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     labelled = pd.concat(labelled_sets, ignore_index=True)
     y = labelled[LABEL].to_numpy()
     weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
-    fit = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
+    fit: dict[str, Any] = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
     info: dict[str, object] = {
         "roots": [r.name for r in args.root],
         "scans": int(pool["seriesuid"].nunique()),
@@ -106,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate:
         val = (pool["set"] == 0).to_numpy() & pool["fold"].isin(args.validate).to_numpy()
         annotations = read_annotations(args.root[0] / "annotations.csv")
-        ranker = fit_ranker(pool[~val], y[~val], weights=weights[~val], **fit)  # type: ignore[arg-type]
+        ranker = fit_ranker(pool[~val], y[~val], weights=weights[~val], **fit)
         learned = sensitivity(pool[val], ranker.score(pool[val]), annotations, config)
         detector = sensitivity(pool[val], pool["probability"].to_numpy()[val], annotations, config)
         print(f"validation subsets {args.validate}: learned ranker {learned[0]}/{learned[1]} at {learned[2]:.0f}/scan,"
@@ -116,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
             "learned": {"hit": learned[0], "nodules": learned[1], "per_scan": round(learned[2], 1)},
             "detector_scores": {"hit": detector[0], "nodules": detector[1], "per_scan": round(detector[2], 1)},
         }
-    ranker = fit_ranker(pool, y, weights=weights, **fit)  # type: ignore[arg-type]
+    if args.leave_one_set_out:
+        info["leave_one_set_out"] = leave_one_set_out(pool, y, weights, args.root, config, fit)
+    ranker = fit_ranker(pool, y, weights=weights, **fit)
     ranker.info.update(info)
     ranker.to_json(args.out)
     print(f"ranker -> {args.out}: {json.dumps(ranker.info)}")
