@@ -151,9 +151,10 @@ def binary_open(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
 
 
 def background_map(
-    smooth: np.ndarray, lung: np.ndarray, sp: np.ndarray, sigma_mm: float, below_hu: float, block_mm: float = 4.0
+    smooth: np.ndarray, normal: np.ndarray, sp: np.ndarray, sigma_mm: float, below_hu: float, block_mm: float = 4.0
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Local mean HU of the lung voxels below ``below_hu`` (normalised Gaussian average) on blocks.
+    """Local mean HU of the ``normal`` voxels (the lung voxels below ``below_hu``: the lung
+    background) as a normalised Gaussian average, on blocks.
 
     Returns the map on blocks of about ``block_mm`` and the block factors (z, y, x);
     where no such voxel is near, ``below_hu``. Read it with :func:`sample_blocks`.
@@ -163,10 +164,10 @@ def background_map(
     if any(n < k for n, k in zip(smooth.shape, f, strict=True)):
         return np.full(shape, below_hu, dtype=np.float32), f
     cut = tuple(slice(0, n * k) for n, k in zip(shape, f, strict=True))
-    normal = lung[cut] & (smooth[cut] <= below_hu)
+    background = normal[cut]
     blocks = (shape[0], f[0], shape[1], f[1], shape[2], f[2])
-    weight = normal.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
-    value = np.where(normal, smooth[cut], np.float32(0.0)).reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
+    weight = background.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
+    value = np.where(background, smooth[cut], np.float32(0.0)).reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
     sigma = [sigma_mm / (s * k) for s, k in zip(sp, f, strict=True)]
     num = ndi.gaussian_filter(value, sigma, truncate=3.0)
     den = ndi.gaussian_filter(weight, sigma, truncate=3.0)
@@ -195,17 +196,16 @@ class _Search:
     def __init__(
         self,
         smooth: np.ndarray,
-        lung: np.ndarray,
+        normal: np.ndarray,
         sp: np.ndarray,
         config: SubsolidConfig,
         box_lo: Sequence[int],
         box_shape: tuple[int, ...],
     ) -> None:
-        self.smooth, self.lung, self.sp, self.config = smooth, lung, sp, config
+        self.smooth, self.normal, self.sp, self.config = smooth, normal, sp, config
         self.box_lo = np.asarray(box_lo, dtype=np.int64)
         self.box_shape = box_shape
         self.spacing_zyx = tuple(float(v) for v in sp)
-        self._normal: np.ndarray | None = None
         self._backgrounds: dict[tuple[int, int, int], float] = {}
 
     def background(self, centre: np.ndarray) -> float:
@@ -213,13 +213,11 @@ class _Search:
         c = np.rint(centre).astype(int)
         key = (int(c[0]), int(c[1]), int(c[2]))
         if key not in self._backgrounds:
-            if self._normal is None:
-                self._normal = self.lung & (self.smooth <= self.config.low_hu)
             half = np.ceil(self.config.background_mm / self.sp).astype(int)
             lo = np.maximum(0, c - half)
             hi = np.minimum(np.asarray(self.smooth.shape), c + half + 1)
             window = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-            values = self.smooth[window][self._normal[window]]
+            values = self.smooth[window][self.normal[window]]
             self._backgrounds[key] = float(np.median(values)) if values.size else self.config.low_hu
         return self._backgrounds[key]
 
@@ -323,7 +321,7 @@ class _Search:
 
 def _band_candidates(
     smooth: np.ndarray,
-    lung: np.ndarray,
+    normal: np.ndarray,
     sp: np.ndarray,
     blocks: np.ndarray,
     factors: tuple[int, int, int],
@@ -352,7 +350,7 @@ def _band_candidates(
     excess_box = np.zeros(band0.shape, dtype=np.float32)
     excess_box[local] = excess
     opened = binary_open(band0, structure)
-    search = _Search(smooth, lung, sp, config, lo, band0.shape)
+    search = _Search(smooth, normal, sp, config, lo, band0.shape)
     thresholds = [config.min_contrast_hu + step * config.contrast_step_hu for step in range(1, config.contrast_levels)]
     keyed = search.find(
         opened, np.asarray(lo, dtype=np.int64), min_diameter_mm, 0, wide_openings_mm, excess_box, thresholds, voxels=local
@@ -391,7 +389,8 @@ def detect_subsolid(
     """
     sp = np.asarray(spacing_zyx, dtype=np.float64)
     smooth = smoothed_copy(array, config.smooth_mm, spacing_zyx, smoothed)
-    blocks, factors = background_map(smooth, lung, sp, config.background_sigma_mm, config.low_hu)
+    normal = lung & (smooth <= config.low_hu)  # the lung background
+    blocks, factors = background_map(smooth, normal, sp, config.background_sigma_mm, config.low_hu)
     rim_hu = config.high_hu if config.rim_hu is None else config.rim_hu
     passes = [rim_hu, config.extra_rim_hu] if config.extra_candidates > 0 else [rim_hu]
     # rims (within rim_mm of a denser voxel; cube neighbourhood, separable maximum filter)
@@ -409,12 +408,12 @@ def detect_subsolid(
         return np.asarray(in_band & (near <= levels.index(rim)))
 
     rows = _band_candidates(
-        smooth, lung, sp, blocks, factors, config, band(rim_hu), config.min_diameter_mm, config.wide_openings_mm
+        smooth, normal, sp, blocks, factors, config, band(rim_hu), config.min_diameter_mm, config.wide_openings_mm
     )[: config.max_candidates]
     if config.extra_candidates > 0:
         # second pass: small and juxtapleural ground glass (see the module docstring)
         extra = _band_candidates(
-            smooth, lung, sp, blocks, factors, config, band(config.extra_rim_hu), config.extra_min_diameter_mm
+            smooth, normal, sp, blocks, factors, config, band(config.extra_rim_hu), config.extra_min_diameter_mm
         )
         if rows and extra:
             have = np.array([[r["z"], r["y"], r["x"]] for r in rows]) * sp
