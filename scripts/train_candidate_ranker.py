@@ -72,6 +72,22 @@ def sensitivity(
     return int(np.unique(hit[hit >= 0]).size), len(nodules), len(chosen) / max(1, pool["seriesuid"].nunique())
 
 
+def held_out(
+    pool: pd.DataFrame,
+    y: np.ndarray,
+    weights: np.ndarray,
+    test: np.ndarray,
+    annotations: pd.DataFrame,
+    config: CandidateConfig,
+    fit: dict[str, Any],
+) -> tuple[tuple[int, int, float], tuple[int, int, float]]:
+    """:func:`sensitivity` on the ``test`` rows with a ranker trained on the others, and with the detector scores."""
+    ranker = fit_ranker(pool[~test], y[~test], weights=weights[~test], **fit)
+    learned = sensitivity(pool[test], ranker.score(pool[test]), annotations, config)
+    detector = sensitivity(pool[test], pool["probability"].to_numpy()[test], annotations, config)
+    return learned, detector
+
+
 def leave_one_set_out(
     pool: pd.DataFrame, y: np.ndarray, weights: np.ndarray, roots: list[Path], config: CandidateConfig, fit: dict[str, Any]
 ) -> dict[str, dict[str, int]]:
@@ -81,9 +97,7 @@ def leave_one_set_out(
         test = (pool["set"] == k).to_numpy()
         annotations = read_annotations(root / "annotations.csv")
         hit = label_candidates(pool[test], annotations)[NODULE_ID]
-        ranker = fit_ranker(pool[~test], y[~test], weights=weights[~test], **fit)
-        learned = sensitivity(pool[test], ranker.score(pool[test]), annotations, config)
-        detector = sensitivity(pool[test], pool["probability"].to_numpy()[test], annotations, config)
+        learned, detector = held_out(pool, y, weights, test, annotations, config, fit)
         out[root.name] = {
             "nodules": learned[1],
             "in_pool": int(np.unique(hit[hit >= 0]).size),
@@ -132,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate:
         val = (pool["set"] == 0).to_numpy() & pool["fold"].isin(args.validate).to_numpy()
         annotations = read_annotations(args.root[0] / "annotations.csv")
-        ranker = fit_ranker(pool[~val], y[~val], weights=weights[~val], **fit)
-        learned = sensitivity(pool[val], ranker.score(pool[val]), annotations, config)
-        detector = sensitivity(pool[val], pool["probability"].to_numpy()[val], annotations, config)
+        learned, detector = held_out(pool, y, weights, val, annotations, config, fit)
         print(f"validation subsets {args.validate}: learned ranker {learned[0]}/{learned[1]} at {learned[2]:.0f}/scan,"
               f" detector scores {detector[0]}/{detector[1]} at {detector[2]:.0f}/scan")
         info["validation"] = {
