@@ -102,3 +102,63 @@ def test_shipped_ranker_reads_current_features() -> None:
     assert ranker.features == ranker_inputs(frame)[0]
     assert DEFAULT_RANKER.exists()
     assert ranker.info.get("roots") and int(str(ranker.info.get("scans"))) >= 50
+
+
+def _script(name: str) -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_leave_one_set_out_scores_each_set_with_the_others(tmp_path: Path) -> None:
+    """Two sets of 3 scans, 300 detections a scan: one per nodule (2 a scan) looks like a
+    nodule to the ranker's rule, the rest does not, and the detector scores are random."""
+    from nodule.candidates.detect import CandidateConfig
+    from nodule.training.labels import LABEL, ON_EXCLUDED, label_candidates
+
+    train = _script("train_candidate_ranker")
+    rng = np.random.default_rng(0)
+    pools, roots = [], []
+    for k in range(2):
+        root = tmp_path / f"set{k}"
+        root.mkdir()
+        nodules, frames = [], []
+        for s in range(3):
+            uid = f"1.2.{k}.{s}"
+            frame, _ = _table(300, 10 * k + s)
+            # no negative looks like a nodule
+            frame["blob_ratio"], frame["spill"] = rng.uniform(0.0, 0.5, len(frame)), rng.uniform(0.5, 1.0, len(frame))
+            frame[["coordX", "coordY", "coordZ"]] = rng.uniform(-150.0, 150.0, (len(frame), 3))
+            centres = np.array([[-100.0, 0.0, 20.0 * s], [100.0, 50.0, -20.0 * s]])
+            far = np.linalg.norm(frame[["coordX", "coordY", "coordZ"]].to_numpy()[:, None] - centres[None], axis=2).min(axis=1) > 20
+            frame = frame[far].iloc[:298].reset_index(drop=True)
+            hits = pd.DataFrame(np.full((2, len(INPUT_COLUMNS)), 0.5), columns=list(INPUT_COLUMNS))
+            hits["blob_ratio"], hits["spill"], hits["detector"] = 0.95, 0.05, "solid"
+            hits[["coordX", "coordY", "coordZ"]] = centres
+            frame = pd.concat([frame, hits], ignore_index=True)
+            frame["diameter_mm"] = 6.0
+            frame["probability"] = rng.uniform(0.0, 1.0, len(frame))
+            frames.append(frame.assign(seriesuid=uid, fold=s))
+            nodules += [{"seriesuid": uid, "coordX": c[0], "coordY": c[1], "coordZ": c[2], "diameter_mm": 8.0} for c in centres]
+        pd.DataFrame(nodules).to_csv(root / "annotations.csv", index=False)
+        pools.append(pd.concat(frames, ignore_index=True).rename(columns={"detector": "detectors"}).assign(set=k))
+        roots.append(root)
+    pool = pd.concat(pools, ignore_index=True)
+    labelled = pd.concat(
+        [label_candidates(p, pd.read_csv(r / "annotations.csv", dtype={"seriesuid": str})) for p, r in zip(pools, roots, strict=True)],
+        ignore_index=True,
+    )
+    weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
+    config = CandidateConfig(max_per_scan=30)
+    fit = {"hidden": (8,), "epochs": 30, "weight_decay": 1e-3, "seed": 0}
+    out = train.leave_one_set_out(pool, labelled[LABEL].to_numpy(), weights, roots, config, fit)  # type: ignore[attr-defined]
+    assert set(out) == {"set0", "set1"}
+    for row in out.values():
+        assert row["nodules"] == row["in_pool"] == 6
+        assert row["learned"] == 6  # the rule learned on the other set keeps every nodule in the best 30
+        assert row["detector_scores"] < 6  # random scores keep about 30 of 300
