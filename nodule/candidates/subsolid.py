@@ -206,6 +206,7 @@ class _Search:
         self.box_lo = np.asarray(box_lo, dtype=np.int64)
         self.box_shape = box_shape
         self.spacing_zyx = tuple(float(v) for v in sp)
+        self.voxel_mm3 = float(np.prod(sp))
         self._backgrounds: dict[tuple[int, int, int], float] = {}
 
     def background(self, centre: np.ndarray) -> float:
@@ -237,14 +238,13 @@ class _Search:
         contrast = max(0.0, mean_hu - self.background(centre))
         score = (1.0 - np.exp(-contrast / config.contrast_scale_hu)) / elong
         score *= min(1.0, diameter / config.size_scale_mm) ** config.size_power
-        voxel_mm3 = float(np.prod(self.sp))
         return {
             "z": centre[0],
             "y": centre[1],
             "x": centre[2],
             "score": float(score),
             "diameter_mm": diameter,
-            "volume_mm3": float(count * voxel_mm3),
+            "volume_mm3": float(count * self.voxel_mm3),
             "mean_hu": mean_hu,
             "elongation": elong,
         }
@@ -278,10 +278,9 @@ class _Search:
         labels, n = ndi.label(band)
         if n == 0:
             return []
-        voxel_mm3 = float(np.prod(self.sp))
         on = labels[voxels] if voxels is not None else labels.ravel()
         counts = np.bincount(on, minlength=n + 1)
-        diam = equivalent_diameter(counts * voxel_mm3)
+        diam = equivalent_diameter(counts * self.voxel_mm3)
         ok = diam >= min_diameter_mm
         ok[0] = False
         # per level: does the component hold enough voxels above the threshold, but not all?
@@ -290,7 +289,7 @@ class _Search:
             if excess is None or voxels is None:
                 raise ValueError("thresholds need the band's voxels and their excess")
             above = np.bincount(on, weights=excess[voxels] > threshold, minlength=n + 1)
-            search_level.append((equivalent_diameter(above * voxel_mm3) >= min_diameter_mm) & (above < counts))
+            search_level.append((equivalent_diameter(above * self.voxel_mm3) >= min_diameter_mm) & (above < counts))
         rows: list[Keyed] = []
         objects = ndi.find_objects(labels)
         for part, label in enumerate(np.flatnonzero(ok)):
@@ -302,9 +301,9 @@ class _Search:
                     assert excess is not None
                     higher = region & (excess[sl] > threshold)
                     rows.extend(self.find(higher, start, min_diameter_mm, level + k, wide_openings_mm))
-            first = self._first(region, start) if parent is None else parent
             if diam[label] > config.max_diameter_mm:
                 continue
+            first = self._first(region, start) if parent is None else parent
             pts = np.argwhere(region)
             elong = elongation(pts * self.sp)
             if elong > config.max_elongation:
