@@ -107,7 +107,9 @@ def test_shipped_ranker_reads_current_features() -> None:
 def _script(name: str) -> object:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    from nodule.paths import REPO_ROOT
+
+    path = REPO_ROOT / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

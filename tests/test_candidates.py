@@ -307,10 +307,15 @@ def _pleural_slab(seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[float, f
     return hu, x < 40, centre
 
 
+def _voxel_distances(det: pd.DataFrame, centre: tuple[float, float, float]) -> np.ndarray:
+    """Distance of each detection (z, y, x voxels) from ``centre`` on a grid of 1 mm voxels."""
+    return np.asarray(np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1))
+
+
 def test_subsolid_finds_juxtapleural_ground_glass() -> None:
     array, lung, centre = _pleural_slab()
     det = detect_subsolid(array, lung, (1.0, 1.0, 1.0))
-    dist = np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1)
+    dist = _voxel_distances(det, centre)
     assert (dist < 3.0).any()
     assert det.loc[dist < 3.0, "mean_hu"].iloc[0] < -400
 
@@ -340,7 +345,7 @@ def test_subsolid_wide_opening_frees_ground_glass_from_clutter() -> None:
     lung = np.ones(shape, bool)
 
     def near(det: pd.DataFrame) -> np.ndarray:
-        return np.asarray(np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1) < 3.5)
+        return _voxel_distances(det, centre) < 3.5
 
     plain = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), SubsolidConfig(smooth_mm=0.5, wide_openings_mm=(), extra_candidates=0))
     wide = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), SubsolidConfig(smooth_mm=0.5, wide_openings_mm=(1.5,), extra_candidates=0))
@@ -384,8 +389,7 @@ def test_subsolid_contrast_levels_free_a_nodule_from_a_faint_halo() -> None:
     def found(levels: int) -> pd.DataFrame:
         config = SubsolidConfig(smooth_mm=0.5, contrast_levels=levels, wide_openings_mm=(), extra_candidates=0)
         det = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), config)
-        d = np.linalg.norm(det[["z", "y", "x"]].to_numpy(dtype=float) - np.asarray(centre), axis=1)
-        return det[d < 3.0]
+        return det[_voxel_distances(det, centre) < 3.0]
 
     assert found(1).empty
     freed = found(3)
