@@ -413,7 +413,8 @@ def check_scans(table: pd.DataFrame) -> list[Problem]:
         )
     cv = used[used["role"] == "crossval"]
     folds = cv.groupby(["dataset", "patient"])["subset"].agg(lambda s: sorted(set(s)))
-    for (name, patient), ks in folds[folds.map(len) > 1].items():
+    for key, ks in folds[folds.map(len) > 1].items():
+        name, patient = key  # type: ignore[misc]
         problems.append(
             Problem("patient-in-two-folds", f"data set {name}: patient {patient} has scans in cross-validation folds {ks}")
         )
