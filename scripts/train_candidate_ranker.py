@@ -1,23 +1,29 @@
 """Train the candidate stage's learned ranker (``nodule/candidates/ranker.json``).
 
+The training data is the split description's (``--split``, default
+``configs/splits/default.yaml``): the ``train`` subsets of the data sets its learner
+``ranker`` names, each found in ``--sets-dir/<name>`` (default ``$NODULE_CACHE/sets``) and
+checked to be that data set (``nodule split make NAME`` makes it). Subsets with another
+role (val, test, crossval) are never read, and the model records the scans it was trained
+on (``info.trained_on_uids``), so ``nodule split check`` and every later training or
+evaluation can refuse data the ranker saw.
+
 1. Every detection of the three detectors (their pools, before merging and ranking)
-   with its context features, for each scan of one or more synthetic LUNA16-layout
-   training sets: ``nodule.candidates.detect_candidates`` with ``ranker=None`` and no
-   merging. One CSV per subset under ``--cache/<set name>``; a subset already done is
-   skipped, so an interrupted run resumes.
+   with its context features, for each scan of the training subsets:
+   ``nodule.candidates.detect_candidates`` with ``ranker=None`` and no merging. One CSV per
+   subset under ``--cache/<set name>``; a subset already done is skipped, so an
+   interrupted run resumes.
 2. Labels: a detection is positive inside a nodule's sphere (the LUNA16 rule);
    detections on excluded findings are left out.
-3. With ``--validate K...`` (default 7 8 9): a ranker trained on everything but those
-   subsets of the first set is scored on them (sensitivity at the stage's
-   ``max_per_scan`` after merging, against the detector scores), then the shipped model
-   is trained on every subset of every set.
+3. With ``--validate K...`` (default 5 6, train subsets of the first set): a ranker trained
+   on every other training subset is scored on them (sensitivity at the stage's
+   ``max_per_scan`` after merging, against the detector scores), then the shipped model is
+   trained on every training subset.
 4. With ``--leave-one-set-out``: for each set, a ranker trained on the other sets is
    scored on it (nodules kept of those in its pool, and with the detector scores).
 
-Never point it at the held-out or external sets: they measure the stage.
-
-    .venv/bin/python scripts/train_candidate_ranker.py --root ~/.cache/nodule/synth/train_seed2000 \\
-        ~/.cache/nodule/synth/train_seed4000 --cache ~/.cache/nodule/ranker --out nodule/candidates/ranker.json
+    .venv/bin/python scripts/train_candidate_ranker.py --cache ~/.cache/nodule/ranker \\
+        --out nodule/candidates/ranker.json --hidden 16 --leave-one-set-out
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import pandas as pd
 from nodule.candidates.batch import run_batch
 from nodule.candidates.detect import CandidateConfig, keep_best
 from nodule.candidates.ranker import fit_ranker
-from nodule.data.luna16 import read_annotations, read_excluded, read_folds
+from nodule.data.luna16 import read_annotations, read_excluded
+from nodule.data.sets import check_dataset_folder, dataset_root
+from nodule.data.splits import DEFAULT_SPLIT, describe_leak, leaked_scans, load_split
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates
 
 
@@ -45,11 +53,11 @@ def pool_config(config: CandidateConfig) -> CandidateConfig:
     )
 
 
-def build_pool(root: Path, cache: Path, config: CandidateConfig, jobs: int) -> pd.DataFrame:
-    """All detections of every subset with their fold; subsets already in ``cache`` are read back."""
+def build_pool(root: Path, cache: Path, config: CandidateConfig, jobs: int, folds: list[int]) -> pd.DataFrame:
+    """All detections of the given subsets with their fold; subsets already in ``cache`` are read back."""
     cache.mkdir(parents=True, exist_ok=True)
     frames = []
-    for fold in sorted(read_folds(root / "folds")):
+    for fold in folds:
         out = cache / f"subset{fold}.csv"
         if not out.exists():
             tmp = out.with_suffix(".partial.csv")
@@ -110,10 +118,11 @@ def leave_one_set_out(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, nargs="+", required=True, help="synthetic LUNA16-layout training sets")
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split description")
+    parser.add_argument("--sets-dir", type=Path, default=None, help="folder of the data sets (default $NODULE_CACHE/sets)")
     parser.add_argument("--cache", type=Path, required=True, help="folder for the per-set, per-subset detection pools")
     parser.add_argument("--out", type=Path, default=Path("nodule/candidates/ranker.json"))
-    parser.add_argument("--validate", type=int, nargs="*", default=[7, 8, 9], help="subsets held out to validate")
+    parser.add_argument("--validate", type=int, nargs="*", default=[5, 6], help="train subsets of the first set held out to validate")
     parser.add_argument("--hidden", type=int, nargs="*", default=[32, 16])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
@@ -122,44 +131,66 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--leave-one-set-out", action="store_true", help="score each set with a ranker of the others")
     args = parser.parse_args(argv)
 
+    split = load_split(args.split)
+    names = list(split.learners.get("ranker", ()))
+    if not names:
+        raise SystemExit(f"{split.path}: the learner 'ranker' trains on no data set")
+    roots = [(args.sets_dir.expanduser() / n) if args.sets_dir else dataset_root(n) for n in names]
     config = CandidateConfig()
-    pools, labelled_sets = [], []
-    for k, root in enumerate(args.root):
-        pool = build_pool(root, args.cache / root.name, config, args.jobs).assign(set=k)
+    pools, labelled_sets, trained_on = [], [], {}
+    for k, (name, root) in enumerate(zip(names, roots, strict=True)):
+        check_dataset_folder(split, name, root)
+        folds = split.dataset(name).folds("train")
+        trained_on[name] = folds
+        pool = build_pool(root, args.cache / name, config, args.jobs, folds).assign(set=k)
         annotations = read_annotations(root / "annotations.csv")
         excluded = read_excluded(root / "annotations_excluded.csv")
         pools.append(pool)
         labelled_sets.append(label_candidates(pool, annotations, excluded))
         hit = labelled_sets[-1][NODULE_ID]
-        print(f"{root.name}: {len(pool)} detections in {pool['seriesuid'].nunique()} scans,"
-              f" {np.unique(hit[hit >= 0]).size} of {len(annotations)} nodules hit")
+        in_scans = annotations["seriesuid"].isin(set(pool["seriesuid"])).sum()
+        print(f"{name} subsets {folds}: {len(pool)} detections in {pool['seriesuid'].nunique()} scans,"
+              f" {np.unique(hit[hit >= 0]).size} of {in_scans} nodules hit")
     pool = pd.concat(pools, ignore_index=True)
+    uids = sorted(set(pool["seriesuid"]))
+    leaks = leaked_scans(uids, split.scan_table())
+    if len(leaks):  # by construction impossible unless the split itself is unsound: refuse loudly
+        raise SystemExit(describe_leak("the ranker's training data", leaks))
     labelled = pd.concat(labelled_sets, ignore_index=True)
     y = labelled[LABEL].to_numpy()
     weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
     fit: dict[str, Any] = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
     info: dict[str, object] = {
-        "roots": [r.name for r in args.root],
-        "scans": int(pool["seriesuid"].nunique()),
-        "detections_per_scan": round(len(pool) / max(1, pool["seriesuid"].nunique()), 1),
+        "roots": names,
+        "split": split.tag,
+        "split_fingerprint": split.fingerprint(),
+        "trained_on": trained_on,
+        "scans": len(uids),
+        "detections_per_scan": round(len(pool) / max(1, len(uids)), 1),
     }
     if args.validate:
+        bad = [k for k in args.validate if k not in trained_on[names[0]]]
+        if bad:
+            raise SystemExit(f"--validate {bad}: not train subsets of {names[0]} in {split.path}")
         val = (pool["set"] == 0).to_numpy() & pool["fold"].isin(args.validate).to_numpy()
-        annotations = read_annotations(args.root[0] / "annotations.csv")
+        annotations = read_annotations(roots[0] / "annotations.csv")
         learned, detector = held_out(pool, y, weights, val, annotations, config, fit)
-        print(f"validation subsets {args.validate}: learned ranker {learned[0]}/{learned[1]} at {learned[2]:.0f}/scan,"
+        print(f"validation subsets {args.validate} of {names[0]}: learned ranker {learned[0]}/{learned[1]} at {learned[2]:.0f}/scan,"
               f" detector scores {detector[0]}/{detector[1]} at {detector[2]:.0f}/scan")
         info["validation"] = {
+            "set": names[0],
             "subsets": args.validate,
             "learned": {"hit": learned[0], "nodules": learned[1], "per_scan": round(learned[2], 1)},
             "detector_scores": {"hit": detector[0], "nodules": detector[1], "per_scan": round(detector[2], 1)},
         }
     if args.leave_one_set_out:
-        info["leave_one_set_out"] = leave_one_set_out(pool, y, weights, args.root, config, fit)
+        info["leave_one_set_out"] = leave_one_set_out(pool, y, weights, roots, config, fit)
     ranker = fit_ranker(pool, y, weights=weights, **fit)
     ranker.info.update(info)
+    ranker.info["trained_on_uids"] = uids
     ranker.to_json(args.out)
-    print(f"ranker -> {args.out}: {json.dumps(ranker.info)}")
+    summary = {k: v for k, v in ranker.info.items() if k != "trained_on_uids"}
+    print(f"ranker -> {args.out}: {json.dumps(summary)}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,13 @@ class CandidateRanker:
                 h = np.maximum(h, 0.0)
         return np.asarray(1.0 / (1.0 + np.exp(-h[:, 0])))
 
+    @property
+    def trained_on_uids(self) -> list[str] | None:
+        """SeriesInstanceUIDs of the scans it was trained on, as recorded by its training
+        (``info["trained_on_uids"]``); None for a model that does not record them."""
+        uids = self.info.get("trained_on_uids")
+        return [str(u) for u in uids] if isinstance(uids, list) else None
+
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the model as JSON; returns the path."""
         doc = {

@@ -1,0 +1,166 @@
+"""The data sets of a split on disk: where they live, how they are made, whether a folder is one.
+
+A data set of the split description (:mod:`nodule.data.splits`) lives in
+``$NODULE_CACHE/sets/<name>`` unless a folder is given. :func:`make_dataset` runs the
+command that defines it (``nodule synth`` or ``nodule insert`` with the split's
+parameters; an insertion background's real findings become excluded regions);
+:func:`check_dataset_folder` refuses a folder whose scans are not the data set's, so a
+wrong path cannot pass for a split's data; :func:`real_findings` gives a real scan's
+reference findings (the real LUNA16 tables for the LIDC scans, the recorded lesions
+otherwise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from nodule.data.luna16 import read_annotations, read_excluded, read_folds, write_csv
+from nodule.data.splits import RealScan, Split, SplitError
+from nodule.paths import REPO_ROOT, cache_dir, luna16_dir
+
+FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "description"]
+
+
+def dataset_root(name: str) -> Path:
+    """The default folder of a split's data set: ``$NODULE_CACHE/sets/<name>``."""
+    return cache_dir("sets") / name
+
+
+def real_findings(scan: RealScan) -> pd.DataFrame:
+    """The reference findings of a real scan: for ``findings: luna16`` the scan's rows of the
+    real LUNA16 ``annotations.csv`` and ``annotations_excluded.csv``, otherwise the rows of the
+    known-findings CSV (relative to the repository). Columns :data:`FINDING_COLUMNS`;
+    diameter -1 means unknown."""
+    if scan.findings == "luna16":
+        folder = luna16_dir()
+        nodules = read_annotations(folder / "annotations.csv")
+        excluded = read_excluded(folder / "annotations_excluded.csv")
+        parts = [
+            nodules[nodules["seriesuid"] == scan.seriesuid].assign(description="LUNA16 nodule"),
+            excluded[excluded["seriesuid"] == scan.seriesuid].assign(description="LUNA16 excluded finding"),
+        ]
+        table = pd.concat(parts, ignore_index=True)
+    elif scan.findings:
+        table = pd.read_csv(REPO_ROOT / scan.findings, dtype={"seriesuid": str})
+        table = table[table["seriesuid"] == scan.seriesuid]
+        if "description" not in table:
+            table = table.assign(description="")
+    else:
+        table = pd.DataFrame(columns=FINDING_COLUMNS)
+    return table[FINDING_COLUMNS].reset_index(drop=True)
+
+
+def folder_seriesuids(root: Path) -> dict[str, int]:
+    """``{seriesuid: subset}`` of a LUNA16-layout folder, from its ``folds/subsetK.csv``."""
+    return {uid: k for k, uids in read_folds(Path(root) / "folds").items() for uid in uids}
+
+
+def check_dataset_folder(split: Split, name: str, root: Path) -> None:
+    """Refuse a folder that is not the split's data set ``name`` (its scans and subsets
+    must be those the split computes; an unfinished folder with fewer scans is refused too).
+
+    Raises:
+        SplitError: the folder's scans differ, naming the folder, the data set and the counts.
+        FileNotFoundError: the folder has no ``folds/``.
+    """
+    expected = split.scans(name)
+    if not (Path(root) / "folds").is_dir():
+        raise FileNotFoundError(f"{root}: no folds/ folder; is it a data set (made by `nodule split make {name}`)?")
+    found = folder_seriesuids(root)
+    want = dict(zip(expected["seriesuid"], expected["subset"].astype(int), strict=True))
+    missing = [u for u in want if u not in found]
+    extra = [u for u in found if u not in want]
+    moved = [u for u in want if u in found and found[u] != want[u]]
+    if missing or extra or moved:
+        raise SplitError(
+            f"{root} is not data set {name} of split {split.tag} ({split.path}): "
+            f"{len(missing)} of its {len(want)} scans missing, {len(extra)} scans it does not have, "
+            f"{len(moved)} in another subset"
+        )
+
+
+def make_dataset(split: Split, name: str, root: Path | None = None, jobs: int = 1, progress: bool = True) -> Path:
+    """Make (or resume) a split's data set with the command that defines it.
+
+    ``synth`` data sets run ``nodule synth``; ``insert`` ones run ``nodule insert`` on the
+    background's real scan with its real findings (:func:`real_findings`) as excluded
+    regions, written to ``<root>/background_findings.csv`` first. ``real`` and ``luna16``
+    data sets are found in ``$NODULE_DATA`` and are not made.
+
+    Returns:
+        The data set's folder.
+
+    Raises:
+        SplitError: a data set that is not made by a command.
+    """
+    dataset = split.dataset(name)
+    out = Path(root) if root is not None else dataset_root(name)
+    p = dataset.params
+    if dataset.kind == "synth":
+        from nodule.data.synth import run_synth
+
+        run_synth(out=out, scans=int(p["scans"]), seed=int(p["seed"]), preset=p["preset"], jobs=jobs, progress=progress)
+    elif dataset.kind == "insert":
+        from nodule.data.insert import build_insert_dataset
+
+        background = split.real_scans[str(p["background"])]
+        out.mkdir(parents=True, exist_ok=True)
+        findings = write_csv(real_findings(background), out / "background_findings.csv")
+        build_insert_dataset(background.path, out, scans=int(p["scans"]), seed=int(p["seed"]), excluded=findings)
+    else:
+        raise SplitError(f"data set {name} ({dataset.kind}) is found in $NODULE_DATA, not made")
+    check_dataset_folder(split, name, out)
+    return out
+
+
+def check_report(split: Split, learned: dict[str, list[str] | None], folders: bool = True) -> tuple[str, bool]:
+    """The report of ``nodule split check``: the split's rules, what each learned part saw,
+    and (``folders``) whether the data set folders that exist under ``$NODULE_CACHE/sets``
+    hold the split's scans.
+
+    Args:
+        split: the split description.
+        learned: learned part -> the scans it records having trained on (None: it records
+            none, which is itself a problem: its leakage cannot be checked).
+        folders: also check the data set folders present on disk.
+
+    Returns:
+        The report text and whether every check passed.
+    """
+    from nodule.data.splits import (
+        Problem,
+        check_split,
+        describe_leak,
+        format_problems,
+        leaked_scans,
+    )
+
+    problems = check_split(split)
+    table = split.scan_table()
+    for learner, uids in learned.items():
+        if uids is None:
+            problems.append(Problem("leak", f"{learner} records no training scans: its leakage cannot be checked; retrain it"))
+            continue
+        leaks = leaked_scans(uids, table)
+        if len(leaks):
+            problems.append(Problem("leak", describe_leak(learner, leaks)))
+    rows = []
+    for name in split.datasets:
+        scans = split.scans(name)
+        roles = ", ".join(f"{role} {n}" for role, n in scans.groupby("role", sort=False).size().items())
+        state = ""
+        root = dataset_root(name)
+        if folders and (root / "folds").is_dir():
+            try:
+                check_dataset_folder(split, name, root)
+                state = f"  [{root}: matches]"
+            except (SplitError, FileNotFoundError) as error:
+                problems.append(Problem("folder", str(error)))
+                state = f"  [{root}: DIFFERS]"
+        rows.append(f"  {name:<26} {len(scans):>4} scans, {scans['patient'].nunique():>4} patients: {roles}{state}")
+    lines = [format_problems(split, problems), "", "data sets (scans per role):", *rows]
+    for learner, uids in learned.items():
+        lines.append(f"{learner}: trained on {'?' if uids is None else len(uids)} scans")
+    return "\n".join(lines), not problems
