@@ -184,6 +184,48 @@ def demo(out: Path = Path("demo_out"), seed: int = 0) -> None:
     run_demo(out=out, seed=seed)
 
 
+def split_check(split: Path | None = None, ranker: Path | None = None, folders: bool = True) -> None:
+    """Check the split description: overlap by scan and patient, roles, real scans' sides,
+    what the candidate ranker was trained on, and the data set folders on disk.
+
+    Exits with status 1 when a rule is broken.
+
+    Args:
+        split: the split description (default configs/splits/default.yaml).
+        ranker: the candidate ranker model to check (default the shipped ranker.json).
+        folders: also check the data set folders under $NODULE_CACHE/sets.
+    """
+    from nodule.candidates.ranker import DEFAULT_RANKER, CandidateRanker
+    from nodule.data.sets import check_report
+    from nodule.data.splits import load_split
+
+    model = CandidateRanker.from_json(ranker or DEFAULT_RANKER)
+    text, ok = check_report(load_split(split), {"ranker": model.trained_on_uids}, folders=folders)
+    print(text)
+    if not ok:
+        raise SystemExit(1)
+
+
+def split_make(datasets: list[str], split: Path | None = None, jobs: int = 2, root: Path | None = None) -> None:
+    """Make (or resume) data sets of the split with the commands that define them.
+
+    Args:
+        datasets: data set names of the split (e.g. train_seed2000 external_lidc0001_seed0).
+        split: the split description (default configs/splits/default.yaml).
+        jobs: worker processes.
+        root: output folder (one data set only); default $NODULE_CACHE/sets/<name>.
+    """
+    from nodule.data.sets import make_dataset
+    from nodule.data.splits import load_split
+
+    if root is not None and len(datasets) != 1:
+        raise SystemExit("--root takes one data set")
+    description = load_split(split)
+    for name in datasets:
+        out = make_dataset(description, name, root=root, jobs=jobs)
+        print(f"{name}: {out}")
+
+
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
     "manifest": {"lidc": manifest_lidc},
@@ -191,6 +233,7 @@ COMMANDS: dict[str, Any] = {
     "insert": insert,
     "candidates": candidates,
     "demo": demo,
+    "split": {"check": split_check, "make": split_make},
 }
 
 
@@ -207,14 +250,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     auto_cli(COMMANDS, args=_positional_inputs(args), as_positional=False)
 
 
-def _positional_inputs(args: list[str]) -> list[str]:
-    """``nodule candidates A B --out X`` -> ``nodule candidates --inputs [A, B] --out X``."""
-    if not args or args[0] != "candidates":
-        return args
-    n = 1
-    while n < len(args) and not args[n].startswith("-"):
-        n += 1
-    if n == 1:
-        return args
-    return [args[0], "--inputs", json.dumps(args[1:n]), *args[n:]]
+POSITIONALS: dict[tuple[str, ...], str] = {
+    ("candidates",): "--inputs",
+    ("compare",): "--predictions",
+    ("split", "make"): "--datasets",
+}
+"""Commands whose leading positional arguments fill one list option."""
 
+
+def _positional_inputs(args: list[str]) -> list[str]:
+    """``nodule candidates A B --out X`` -> ``nodule candidates --inputs [A, B] --out X``, and
+    likewise for the other :data:`POSITIONALS` (``nodule split make A B``, ``nodule compare A B``)."""
+    for command, option in POSITIONALS.items():
+        if tuple(args[: len(command)]) != command:
+            continue
+        start = n = len(command)
+        while n < len(args) and not args[n].startswith("-"):
+            n += 1
+        if n == start:
+            return args
+        return [*args[:start], option, json.dumps(args[start:n]), *args[n:]]
+    return args
