@@ -206,7 +206,9 @@ def split_check(split: Path | None = None, ranker: Path | None = None, folders: 
         raise SystemExit(1)
 
 
-def split_make(datasets: list[str], split: Path | None = None, jobs: int = 2, root: Path | None = None) -> None:
+def split_make(
+    datasets: list[str], split: Path | None = None, jobs: int = 2, root: Path | None = None, candidates: bool = False
+) -> None:
     """Make (or resume) data sets of the split with the commands that define them.
 
     Args:
@@ -214,6 +216,7 @@ def split_make(datasets: list[str], split: Path | None = None, jobs: int = 2, ro
         split: the split description (default configs/splits/default.yaml).
         jobs: worker processes.
         root: output folder (one data set only); default $NODULE_CACHE/sets/<name>.
+        candidates: also run the candidate stage into <folder>/candidates.csv.
     """
     from nodule.data.sets import make_dataset
     from nodule.data.splits import load_split
@@ -222,7 +225,7 @@ def split_make(datasets: list[str], split: Path | None = None, jobs: int = 2, ro
         raise SystemExit("--root takes one data set")
     description = load_split(split)
     for name in datasets:
-        out = make_dataset(description, name, root=root, jobs=jobs)
+        out = make_dataset(description, name, root=root, jobs=jobs, candidates=candidates)
         print(f"{name}: {out}")
 
 

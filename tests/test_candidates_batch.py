@@ -45,6 +45,12 @@ def test_discovery(luna_layout: tuple[Path, list[str]], tmp_path: Path) -> None:
     (nested / "b" / "notes.txt").write_text("not a study")
     found = discover_studies([nested, nested / "a" / "x.nii.gz", tmp_path / "missing.mhd"])
     assert found == [nested / "a" / "x.nii.gz", nested / "b" / "dicom", tmp_path / "missing.mhd"]
+    # a LUNA16 layout written as DICOM (nodule synth --format dicom): one folder per scan
+    dicom_set = tmp_path / "dicom_set"
+    for k, uid in enumerate(["1.2.3", "1.2.4"]):
+        (dicom_set / f"subset{k}" / uid).mkdir(parents=True)
+        (dicom_set / f"subset{k}" / f"{uid}.json").write_text("{}")
+    assert discover_studies([dicom_set]) == [dicom_set / "subset0" / "1.2.3", dicom_set / "subset1" / "1.2.4"]
 
 
 def test_batch_records_failures_and_goes_on(luna_layout: tuple[Path, list[str]], tmp_path: Path) -> None:

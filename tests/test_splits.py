@@ -197,3 +197,23 @@ def test_cli_split_check_exits_on_a_broken_split(tmp_path: Path, capsys: pytest.
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "[scan-in-two-sets]" in out and "[patient-on-two-sides]" in out
+
+
+def test_real_data_set_is_laid_out_with_the_luna16_reference(luna16_dir: Path, tmp_path: Path) -> None:
+    """The two test-only LIDC scans as a LUNA16-layout set: links to the DICOM folders, the
+    real LUNA16 nodule as the one annotation, the 25 + 53 excluded findings as excluded."""
+    from nodule.candidates.batch import discover_studies
+    from nodule.data.luna16 import read_annotations, read_excluded
+    from nodule.data.sets import make_dataset, real_findings
+
+    split = load_split()
+    findings = real_findings(split.real_scans["lidc-idri-0001"])
+    assert (findings["description"] == "LUNA16 nodule").sum() == 1
+    assert (findings["description"] == "LUNA16 excluded finding").sum() == 25
+    out = make_dataset(split, "real_lidc", root=tmp_path / "real")
+    assert len(read_annotations(out / "annotations.csv")) == 1
+    assert len(read_excluded(out / "annotations_excluded.csv")) == 25 + 53
+    studies = discover_studies([out])
+    assert [p.name for p in studies] == split.scans("real_lidc")["seriesuid"].tolist()
+    assert all(p.resolve().parent.name == "real_ct" for p in studies)
+    assert make_dataset(split, "real_lidc", root=out) == out  # again: nothing changes

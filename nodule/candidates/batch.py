@@ -98,8 +98,9 @@ def discover_studies(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """One path per study, in input order, without duplicates.
 
     Rules: a volume file (``.mhd/.mha/.nii/.nii.gz``) or a DICOM file is a study; a
-    folder with ``subset*`` folders is a LUNA16 layout (``subset*/*.mhd``; the lung
-    masks of ``seg-lungs-LUNA16`` are not studies); any other folder is searched
+    folder with ``subset*`` folders is a LUNA16 layout (``subset*/*.mhd`` and the DICOM
+    folders ``subset*/<seriesuid>/`` of sets written as DICOM; the lung masks of
+    ``seg-lungs-LUNA16`` are not studies); any other folder is searched
     recursively: each volume file is a study, and each folder holding DICOM files is
     one study (its series with most files is read). A path that does not exist is
     kept, so that its error is recorded in the summary.
@@ -116,7 +117,9 @@ def discover_studies(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if path.is_dir():
             subsets = sorted(p for p in path.glob("subset*") if p.is_dir())
             if subsets:
-                found.extend(sorted(f for s in subsets for f in s.glob("*.mhd")))
+                found.extend(
+                    sorted(f for s in subsets for f in s.iterdir() if f.suffix == ".mhd" or (f.is_dir() and not f.name.startswith(".")))
+                )
             else:
                 found.extend(_walk(path))
         else:

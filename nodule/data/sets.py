@@ -12,6 +12,7 @@ otherwise).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -81,13 +82,66 @@ def check_dataset_folder(split: Split, name: str, root: Path) -> None:
         )
 
 
-def make_dataset(split: Split, name: str, root: Path | None = None, jobs: int = 1, progress: bool = True) -> Path:
+def make_real_dataset(split: Split, name: str, out: Path) -> Path:
+    """Lay out a ``real`` data set of the split in the LUNA16 layout without copying a byte:
+    ``subsetK/<seriesuid>`` links to the DICOM folder in ``$NODULE_DATA/real_ct``, and the
+    tables hold the real scans' reference standard (:func:`real_findings`: for the LIDC
+    scans the real LUNA16 nodules go to ``annotations.csv`` and their excluded findings to
+    ``annotations_excluded.csv``; recorded lesions of other scans are excluded regions).
+
+    Returns:
+        The folder.
+    """
+    from nodule.data.luna16 import write_annotations, write_excluded, write_folds, write_seriesuids
+    from nodule.paths import write_text_atomic
+
+    scans = split.scans(name)
+    real = {s.seriesuid: s for s in split.real_scans.values()}
+    nodules, excluded = [], []
+    for uid, subset in zip(scans["seriesuid"], scans["subset"], strict=True):
+        scan = real[uid]
+        if not scan.path.is_dir():
+            raise FileNotFoundError(f"data set {name}: real scan {scan.name} not found at {scan.path}")
+        link = out / f"subset{int(subset)}" / uid
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.resolve() != scan.path.resolve():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(scan.path.resolve(), target_is_directory=True)
+        findings = real_findings(scan)
+        is_nodule = findings["description"] == "LUNA16 nodule"
+        nodules.append(findings[is_nodule])
+        excluded.append(findings[~is_nodule])
+    columns = FINDING_COLUMNS[:5]
+    write_annotations(pd.concat(nodules, ignore_index=True)[columns], out / "annotations.csv")
+    write_excluded(pd.concat(excluded, ignore_index=True), out / "annotations_excluded.csv")
+    write_seriesuids(out / "seriesuids.csv", scans["seriesuid"])
+    write_folds(out / "folds", {k: scans.loc[scans["subset"] == k, "seriesuid"].tolist() for k in sorted(set(scans["subset"]))})
+    info = {"generator": "real", "dataset": name, "split": split.tag, "scans": [real[u].name for u in scans["seriesuid"]],
+            "one_patient": scans["patient"].nunique() == 1}
+    write_text_atomic(out / "generator.json", json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def make_dataset(
+    split: Split, name: str, root: Path | None = None, jobs: int = 1, progress: bool = True, candidates: bool = False
+) -> Path:
     """Make (or resume) a split's data set with the command that defines it.
 
     ``synth`` data sets run ``nodule synth``; ``insert`` ones run ``nodule insert`` on the
     background's real scan with its real findings (:func:`real_findings`) as excluded
-    regions, written to ``<root>/background_findings.csv`` first. ``real`` and ``luna16``
-    data sets are found in ``$NODULE_DATA`` and are not made.
+    regions, written to ``<root>/background_findings.csv`` first; ``real`` ones are laid out
+    by :func:`make_real_dataset`. ``luna16`` data sets are the user's own LUNA16 images and
+    are not made.
+
+    Args:
+        split: the split description.
+        name: the data set.
+        root: its folder (default :func:`dataset_root`).
+        jobs: worker processes.
+        progress: progress bars.
+        candidates: also run the candidate stage into ``<root>/candidates.csv`` (skipped
+            when that file exists).
 
     Returns:
         The data set's folder.
@@ -109,9 +163,15 @@ def make_dataset(split: Split, name: str, root: Path | None = None, jobs: int = 
         out.mkdir(parents=True, exist_ok=True)
         findings = write_csv(real_findings(background), out / "background_findings.csv")
         build_insert_dataset(background.path, out, scans=int(p["scans"]), seed=int(p["seed"]), excluded=findings)
+    elif dataset.kind == "real":
+        make_real_dataset(split, name, out)
     else:
-        raise SplitError(f"data set {name} ({dataset.kind}) is found in $NODULE_DATA, not made")
+        raise SplitError(f"data set {name} ({dataset.kind}) is the user's own LUNA16 images, not made")
     check_dataset_folder(split, name, out)
+    if candidates and not (out / "candidates.csv").exists():
+        from nodule.candidates.batch import run_batch
+
+        run_batch([out], out / "candidates.csv", jobs=jobs, progress=progress)
     return out
 
 
