@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nodule.training.checkpoints import best_checkpoint
+
 FUSIONS = ("committee", "late", "mixed")
 
 
@@ -41,21 +43,6 @@ def _nodule(args: list[str]) -> None:
     cmd = [str(Path(sys.executable).parent / "nodule"), *args]
     print("+ nodule " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True)
-
-
-def best_checkpoint(folder: Path) -> Path:
-    """The best checkpoint by validation CPM, as the ModelCheckpoint callback recorded it in
-    ``last.ckpt`` (read with ``weights_only=True``)."""
-    import torch
-
-    last = folder / "last.ckpt"
-    if not last.exists():
-        raise FileNotFoundError(f"{last}: no last checkpoint")
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-            return Path(value["best_model_path"])
-    raise ValueError(f"{last}: no ModelCheckpoint state with a best checkpoint")
 
 
 def _write_uids(path: Path, uids: list[str]) -> Path:
