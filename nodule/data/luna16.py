@@ -18,6 +18,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from nodule.paths import atomic_path, write_text_atomic
+
 TableKind = Literal["annotations", "excluded", "candidates", "submission"]
 
 COORD_COLUMNS: tuple[str, str, str] = ("coordX", "coordY", "coordZ")
@@ -212,7 +214,9 @@ def write_csv(
 
     Args:
         table: the table; NaN is written as an empty cell.
-        path: CSV file (parent folders are created).
+        path: CSV file (parent folders are created); written to a temporary file beside
+            it and renamed into place (:func:`~nodule.paths.atomic_path`), so that an
+            interrupted write never leaves a half table under this name.
         float_format: printf format of the float columns, or a function formatting a column
             (default :func:`format_floats`: exact, at least three decimals).
 
@@ -220,8 +224,8 @@ def write_csv(
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns: list[list[str]] = []
+    quoted = False
     for name in table.columns:
         series = table[name]
         if pd.api.types.is_float_dtype(series):
@@ -236,16 +240,20 @@ def write_csv(
         else:
             text = ["" if v is None or v is pd.NA else str(v) for v in series.tolist()]
             if any(("," in t) or ('"' in t) or ("\n" in t) for t in text):
-                table.to_csv(
-                    path,
-                    index=False,
-                    float_format=float_format if isinstance(float_format, str) else None,
-                )
-                return path
+                quoted = True
+                break
         columns.append(text)
-    with path.open("w", newline="") as f:
-        f.write(",".join(map(str, table.columns)) + "\n")
-        f.writelines(",".join(row) + "\n" for row in zip(*columns, strict=True))
+    with atomic_path(path) as part:
+        if quoted:
+            table.to_csv(
+                part,
+                index=False,
+                float_format=float_format if isinstance(float_format, str) else None,
+            )
+        else:
+            with part.open("w", newline="") as f:
+                f.write(",".join(map(str, table.columns)) + "\n")
+                f.writelines(",".join(row) + "\n" for row in zip(*columns, strict=True))
     return path
 
 
@@ -314,11 +322,8 @@ def read_seriesuids(path: str | Path) -> list[str]:
 
 
 def write_seriesuids(path: str | Path, seriesuids: Iterable[str]) -> Path:
-    """Write a headerless list of seriesuids, one a line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{uid}\n" for uid in seriesuids))
-    return path
+    """Write a headerless list of seriesuids, one a line (atomically: temporary file, rename)."""
+    return write_text_atomic(Path(path), "".join(f"{uid}\n" for uid in seriesuids))
 
 
 _SUBSET = re.compile(r"^subset(\d+)\.csv$")
