@@ -19,7 +19,9 @@ nine views take 9 x 64 x 64 x 2 = 73,728 bytes per candidate. A data set of
 
 Layout under ``out_dir``:
 
-* ``cache.json``: the :class:`CacheConfig` the files were built with;
+* ``cache.json``: the :class:`CacheConfig` the files were built with, and the
+  fingerprint of its settings that shape the arrays (:meth:`CacheConfig.content_params`,
+  :mod:`nodule.fingerprint`); a build or read with other such settings is refused;
 * ``<series uid>.npz``: one per scan (file name sanitised), arrays ``candidate_id``
   (N,), ``centers`` (N, 3) world mm, ``labels`` (N,), ``patches`` (N, V, H, W) int16
   HU, ``cube_rows`` (M,) the rows with a cube, ``cubes`` (M, S, S, S) int16 HU in
@@ -63,6 +65,7 @@ import numpy.typing as npt
 import pandas as pd
 from tqdm import tqdm
 
+from nodule.fingerprint import check_fingerprint, fingerprint
 from nodule.io import Volume
 from nodule.patches import PatchConfig, PlaneFrames, extract_patches, sample_planes, scale_hu
 from nodule.paths import write_text_atomic
@@ -153,26 +156,39 @@ class CacheConfig:
         return n_candidates * self.patch_nbytes + n_cubes * self.cube_nbytes
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (what ``cache.json`` holds)."""
-        return {**asdict(self), "cube_size": self.cube_size}
+        """A JSON-ready dict (what ``cache.json`` holds, with the :meth:`fingerprint`)."""
+        return {**asdict(self), "cube_size": self.cube_size, "fingerprint": self.fingerprint()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CacheConfig:
         """The inverse of :meth:`to_json`."""
-        values = {k: v for k, v in data.items() if k != "cube_size"}
+        values = {k: v for k, v in data.items() if k not in _DERIVED}
         return cls(**{**values, "patch": PatchConfig(**values["patch"])})
 
-    def content_key(self) -> tuple[Any, ...]:
-        """What decides the stored arrays (two configs with equal keys share a cache)."""
+    def content_params(self) -> dict[str, Any]:
+        """Every setting that shapes the stored arrays (the HU window and ``compress`` do not).
+
+        ``max_scale`` and ``max_shift_mm`` shape them only through ``cube_size``, so
+        configs that differ only there share a cache.
+        """
         p = self.patch
-        return (
-            p.n_views,
-            p.size_px,
-            p.fov_mm,
-            self.cube_spacing_mm,
-            self.cube_size,
-            self.cubes_for,
-        )
+        return {
+            "n_views": p.n_views,
+            "size_px": p.size_px,
+            "fov_mm": float(p.fov_mm),
+            "cube_spacing_mm": float(self.cube_spacing_mm),
+            "cube_size": self.cube_size,
+            "cubes_for": self.cubes_for,
+            "views_via_cube": bool(self.views_via_cube),
+        }
+
+    def fingerprint(self) -> str:
+        """The fingerprint of :meth:`content_params` (two configs with equal ones share a cache)."""
+        return fingerprint(self.content_params())
+
+
+_DERIVED = ("cube_size", "fingerprint")
+"""Keys of ``cache.json`` that :meth:`CacheConfig.to_json` derives from the config."""
 
 
 def scan_file_name(series_uid: str) -> str:
@@ -412,9 +428,21 @@ class CacheIndex:
     table: pd.DataFrame
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str]) -> CacheIndex:
-        """Open a cache folder written by :func:`build_patch_cache`."""
+    def load(cls, root: str | os.PathLike[str], expected: CacheConfig | None = None) -> CacheIndex:
+        """Open a cache folder written by :func:`build_patch_cache`.
+
+        Args:
+            root: the cache folder.
+            expected: the config the caller reads with; if given, the folder must have
+                been built with its content settings (:func:`check_config`).
+
+        Raises:
+            FileNotFoundError: no cache there.
+            FingerprintMismatch: built with other content settings than ``expected``.
+        """
         path = Path(root)
+        if expected is not None:
+            check_config(path, expected)
         config = CacheConfig.from_json(json.loads((path / CONFIG_FILE).read_text()))
         table = pd.read_csv(path / INDEX_FILE, dtype={"seriesuid": str, "file": str})
         return cls(root=path, config=config, table=table)
@@ -507,16 +535,33 @@ def _is_complete(path: Path, candidates: pd.DataFrame) -> bool:
     )
 
 
+def check_config(root: Path, config: CacheConfig) -> bool:
+    """Check that the cache at ``root`` was built with ``config``'s content settings.
+
+    Args:
+        root: the cache folder.
+        config: the config the caller will read or build with.
+
+    Returns:
+        Whether the folder has a ``cache.json``.
+
+    Raises:
+        FingerprintMismatch: it was built with other content settings (a ValueError).
+    """
+    path = root / CONFIG_FILE
+    if not path.exists():
+        return False
+    data = json.loads(path.read_text())
+    existing = CacheConfig.from_json(data)
+    check_fingerprint(
+        root, "a patch cache", existing.content_params(), config.content_params(), data.get("fingerprint")
+    )
+    return True
+
+
 def _write_config(out_dir: Path, config: CacheConfig) -> None:
-    path = out_dir / CONFIG_FILE
-    if path.exists():
-        existing = CacheConfig.from_json(json.loads(path.read_text()))
-        if existing.content_key() != config.content_key():
-            raise ValueError(
-                f"{out_dir} holds a cache built with {existing}; use another folder for {config}"
-            )
-        return
-    write_text_atomic(path, json.dumps(config.to_json(), indent=2))
+    if not check_config(out_dir, config):
+        write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=2))
 
 
 def _index_rows(series_uid: str, path: Path) -> pd.DataFrame:
@@ -626,8 +671,9 @@ def build_patch_cache(
         candidates: ``seriesuid, coordX, coordY, coordZ, label`` (world mm; label 1 for
             nodules), with unique integer index labels (the candidate ids).
         out_dir: the cache folder (created).
-        config: what to store (default :class:`CacheConfig`); must match the folder's
-            ``cache.json`` if there is one.
+        config: what to store (default :class:`CacheConfig`); its content settings
+            (:meth:`CacheConfig.fingerprint`) must match the folder's ``cache.json`` if
+            there is one.
         jobs: scans loaded concurrently (threads) while the previous one is sampled;
             sampling itself uses numba's threads.
         progress: show a tqdm progress bar over scans.
@@ -637,8 +683,9 @@ def build_patch_cache(
         more scans: those of earlier builds with other scans).
 
     Raises:
-        ValueError: the folder holds a cache with another config, or a required
-            column is missing, or the candidate index has duplicates.
+        ValueError: the folder holds a cache with another config (a
+            :class:`~nodule.fingerprint.FingerprintMismatch`), or a required column is
+            missing, or the candidate index has duplicates.
     """
     config = config or CacheConfig()
     missing = {"seriesuid", "coordX", "coordY", "coordZ", "label"} - set(candidates.columns)

@@ -224,6 +224,30 @@ def test_another_config_is_refused(
         build_patch_cache(loaders(volumes, []), small, tmp_path, other, progress=False)
 
 
+def test_views_via_cube_is_part_of_the_cache_key(
+    tmp_path: Path, dataset: tuple[dict[str, Volume], pd.DataFrame]
+) -> None:
+    volumes, candidates = dataset
+    small = candidates[candidates["seriesuid"] == next(iter(volumes))]
+    build_patch_cache(loaders(volumes, []), small, tmp_path, CONFIG, progress=False)
+    direct = CacheConfig(patch=PATCH, cube_spacing_mm=0.8, views_via_cube=False)
+    assert direct.fingerprint() != CONFIG.fingerprint()
+    calls: list[str] = []
+    with pytest.raises(ValueError, match=r"views_via_cube: true -> false") as info:
+        build_patch_cache(loaders(volumes, calls), small, tmp_path, direct, progress=False)
+    assert str(tmp_path) in str(info.value) and not calls
+    with pytest.raises(ValueError, match="views_via_cube"):
+        CacheIndex.load(tmp_path, expected=direct)
+    assert len(CacheIndex.load(tmp_path, expected=CONFIG)) == len(small)
+    # the HU window and compression do not shape the stored arrays: the same cache
+    window = CacheConfig(
+        patch=PatchConfig(n_views=9, size_px=16, fov_mm=20, hu_min=-500.0), cube_spacing_mm=0.8, compress=True
+    )
+    assert window.fingerprint() == CONFIG.fingerprint()
+    build_patch_cache(loaders(volumes, calls), small, tmp_path, window, progress=False)
+    assert not calls
+
+
 def test_scan_file_names_are_sanitised() -> None:
     assert scan_file_name("1.3.6.1.4.1.14519") == "1.3.6.1.4.1.14519.npz"
     odd = scan_file_name("../a b/c")
