@@ -229,6 +229,59 @@ def split_make(
         print(f"{name}: {out}")
 
 
+def crossval(
+    config: Path,
+    data: Path,
+    folds: str | list[int] = "0-9",
+    out: Path | None = None,
+    external: list[Path] | None = None,
+    split: Path | None = None,
+    dataset: str | None = None,
+    final_model: bool = False,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    ranker: Path | None = None,
+    overrides: list[str] | None = None,
+) -> None:
+    """Cross-validate the classifier over the folds of a LUNA16-layout set (LUNA16 style):
+    a fresh model a fold, the next fold validating, every fold's predictions pooled and
+    evaluated once; resumable; writes summary.json, report.html and report.md.
+
+    Args:
+        config: LightningCLI configuration (e.g. configs/crossval_cpu.yaml).
+        data: LUNA16-layout set with candidates.csv, annotations.csv, folds/.
+        folds: folds to cross-validate: 0-9, 0,2,5 or a list (at least three).
+        out: run folder (default $NODULE_CACHE/runs/crossval/<config>-<data>).
+        external: external LUNA16-layout sets predicted by the ensemble of the fold models.
+        split: split description (default configs/splits/default.yaml).
+        dataset: the split data set the folder holds (default: found by its scans).
+        final_model: also train one model on every fold (no validation) for the external sets.
+        bootstrap: bootstrap resamples of every CI.
+        seed: fold k trains with seed + k.
+        ranker: candidate ranker model whose training scans are checked (default the shipped one).
+        overrides: further LightningCLI arguments of every run, e.g. [--trainer.max_epochs=2].
+    """
+    from nodule.evaluation.crossval import run_crossval
+
+    run_crossval(
+        config=config, data=data, folds=folds, out=out, external=external or [], split=split,
+        dataset=dataset, final_model=final_model, bootstrap=bootstrap, seed=seed, ranker=ranker,
+        overrides=overrides or [],
+    )
+
+
+def report(runs: list[Path]) -> None:
+    """Regenerate report.html and report.md of crossval run folders.
+
+    Args:
+        runs: run folders of nodule crossval (holding summary.json).
+    """
+    from nodule.evaluation.html_report import write_html_report
+
+    for run in runs:
+        print(write_html_report(run)["html"])
+
+
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
     "manifest": {"lidc": manifest_lidc},
@@ -237,6 +290,8 @@ COMMANDS: dict[str, Any] = {
     "candidates": candidates,
     "demo": demo,
     "split": {"check": split_check, "make": split_make},
+    "crossval": crossval,
+    "report": report,
 }
 
 
@@ -257,6 +312,7 @@ POSITIONALS: dict[tuple[str, ...], str] = {
     ("candidates",): "--inputs",
     ("compare",): "--predictions",
     ("split", "make"): "--datasets",
+    ("report",): "--runs",
 }
 """Commands whose leading positional arguments fill one list option."""
 

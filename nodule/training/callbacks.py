@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from nodule.data.luna16 import write_submission
-from nodule.evaluation.froc import FALSE_POSITIVE
+from nodule.evaluation.froc import FALSE_POSITIVE, FrocResult
 from nodule.evaluation.report import plot_froc
 from nodule.training.classifier import Evaluation, HasEvaluationTables, gather_objects
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED
@@ -131,6 +131,28 @@ def views_montage(views: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.
         r, c = divmod(i, cols)
         out[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = scaled[i]
     return out
+
+
+def top_false_positives(result: FrocResult, n: int) -> pd.DataFrame:
+    """The ``n`` most probable false positives of an evaluation (rows of ``result.detections``)."""
+    detections = result.detections
+    fps = detections[detections["status"] == FALSE_POSITIVE]
+    return fps.sort_values("probability", ascending=False, kind="stable").head(n)
+
+
+def missed_nodules(result: FrocResult, operating_fps: float = 1.0) -> pd.DataFrame:
+    """Nodules missed at an operating point: scored below the threshold of the FROC's last
+    point at or under ``operating_fps`` FP/scan, or never detected (rows of ``result.nodules``,
+    the never detected first, then by probability ascending)."""
+    curve = result.curve
+    reached = np.flatnonzero(curve.fps <= operating_fps)
+    threshold = float(curve.thresholds[reached[-1]]) if reached.size else math.inf
+    nodules = result.nodules
+    prob = nodules["probability"].to_numpy(np.float64)
+    missed = nodules[np.isnan(prob) | (prob < threshold)]
+    missed = missed.assign(_order=missed["probability"].fillna(-1.0))
+    ordered: pd.DataFrame = missed.sort_values("_order", kind="stable").drop(columns="_order")
+    return ordered
 
 
 def wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -249,9 +271,7 @@ class WandbFrocLogger(Callback):
         views_of = getattr(datamodule, "views_of", None)
         if views_of is None:
             return []
-        detections = evaluation.result.detections
-        fps = detections[detections["status"] == FALSE_POSITIVE]
-        fps = fps.sort_values("probability", ascending=False, kind="stable").head(self.gallery_size)
+        fps = top_false_positives(evaluation.result, self.gallery_size)
         if fps.empty:
             return []
         rows = evaluation.predictions.iloc[fps["detection_id"].to_numpy()]
@@ -266,15 +286,7 @@ class WandbFrocLogger(Callback):
         views_at = getattr(datamodule, "views_at", None)
         if views_of is None or views_at is None:
             return []
-        result = evaluation.result
-        curve = result.curve
-        reached = np.flatnonzero(curve.fps <= self.operating_fps)
-        threshold = float(curve.thresholds[reached[-1]]) if reached.size else math.inf
-        nodules = result.nodules
-        prob = nodules["probability"].to_numpy(np.float64)
-        missed = nodules[np.isnan(prob) | (prob < threshold)]
-        missed = missed.assign(_order=missed["probability"].fillna(-1.0))
-        missed = missed.sort_values("_order", kind="stable").head(self.gallery_size)
+        missed = missed_nodules(evaluation.result, self.operating_fps).head(self.gallery_size)
         images = []
         for _, nod in missed.iterrows():
             uid = str(nod["seriesuid"])
