@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from jsonargparse import auto_cli
 
-    auto_cli(COMMANDS, args=_positional_inputs(args), as_positional=False)
+    auto_cli(COMMANDS, args=_repeated_options(_positional_inputs(args)), as_positional=False)
 
 
 POSITIONALS: dict[tuple[str, ...], str] = {
@@ -329,4 +329,30 @@ def _positional_inputs(args: list[str]) -> list[str]:
         if n == start:
             return args
         return [*args[:start], option, json.dumps(args[start:n]), *args[n:]]
+    return args
+
+REPEATABLE: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("crossval",): ("--external", "--overrides"),
+}
+"""List options of commands that may be given once a value (``--external A --external B``)."""
+
+
+def _repeated_options(args: list[str]) -> list[str]:
+    """``--external A --external B`` -> ``--external+ A --external+ B`` (and ``--overrides=V``
+    -> ``--overrides+=V``) for the :data:`REPEATABLE` options; a JSON list (``[A, B]``) is kept."""
+    for command, options in REPEATABLE.items():
+        if tuple(args[: len(command)]) != command:
+            continue
+        out = list(args[: len(command)])
+        rest = iter(args[len(command) :])
+        for arg in rest:
+            name, eq, value = arg.partition("=")
+            if name in options and eq and not value.startswith("["):
+                out.append(f"{name}+={value}")
+            elif arg in options:
+                value = next(rest, "")
+                out += [arg, value] if value.startswith("[") else [f"{arg}+", value]
+            else:
+                out.append(arg)
+        return out
     return args
