@@ -1,4 +1,5 @@
-"""Files and plot of a LUNA16 FROC evaluation: froc.json, froc.png, nodules.csv, detections.csv, summary.txt."""
+"""Files and plot of a LUNA16 FROC evaluation: froc.json, froc.png, nodules.csv, detections.csv,
+summary.txt (and breakdown.csv with a manifest); comparison.json of a paired comparison."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from nodule.data.luna16 import (
     read_annotations,
@@ -16,12 +18,61 @@ from nodule.data.luna16 import (
     read_submission,
     write_csv,
 )
+from nodule.evaluation.breakdown import Breakdown, breakdown_froc, format_breakdown, nodule_groups
+from nodule.evaluation.compare import (
+    UNIT_TEXT,
+    Comparison,
+    compare_froc,
+    comparison_json,
+    format_comparison,
+)
 from nodule.evaluation.froc import (
+    BOOTSTRAP_UNITS,
     FP_RATES,
     OFFICIAL_MAX_MARKS_PER_SCAN,
+    BootstrapUnit,
     FrocResult,
     evaluate_froc,
 )
+
+BOOTSTRAP_UNIT_CHOICES = ("auto", *BOOTSTRAP_UNITS)
+"""Values of ``--bootstrap_unit``: auto picks by the data set folder (:func:`bootstrap_unit_for`)."""
+
+
+def bootstrap_unit_for(folder: str | Path) -> BootstrapUnit:
+    """The bootstrap unit a data set folder calls for.
+
+    ``nodule`` when ``folder/generator.json`` exists and says ``"one_patient": true`` (the
+    scans are variants of one patient's CT, not independent), else ``scan``.
+
+    Args:
+        folder: data set folder (the annotations' folder).
+
+    Returns:
+        ``"nodule"`` or ``"scan"``.
+    """
+    path = Path(folder) / "generator.json"
+    if not path.is_file():
+        return "scan"
+    generator = json.loads(path.read_text())
+    return (
+        "nodule" if isinstance(generator, dict) and generator.get("one_patient") is True else "scan"
+    )
+
+
+def resolve_bootstrap_unit(bootstrap_unit: str, annotations: str | Path) -> BootstrapUnit:
+    """``auto`` -> :func:`bootstrap_unit_for` the annotations' folder; ``scan``/``nodule`` as given.
+
+    Raises:
+        ValueError: another value.
+    """
+    if bootstrap_unit == "auto":
+        return bootstrap_unit_for(Path(annotations).parent)
+    if bootstrap_unit not in BOOTSTRAP_UNITS:
+        raise ValueError(
+            f"bootstrap_unit must be one of {BOOTSTRAP_UNIT_CHOICES}, got {bootstrap_unit!r}"
+        )
+    return bootstrap_unit
 
 
 def _rate_key(rate: float) -> str:
@@ -54,6 +105,7 @@ def froc_json(result: FrocResult) -> dict[str, Any]:
         "max_marks_per_scan": result.max_marks_per_scan,
         "n_bootstrap": result.n_bootstrap,
         "seed": result.seed,
+        "bootstrap_unit": result.bootstrap_unit,
     }
 
 
@@ -90,7 +142,7 @@ def format_summary(result: FrocResult) -> str:
         lo, hi = result.cpm_ci95
         lines.append(
             f"CPM: {result.cpm:.4f} (95% CI {lo:.4f}-{hi:.4f}, {result.n_bootstrap} bootstrap "
-            f"resamples of scans, seed {result.seed})"
+            f"resamples of {UNIT_TEXT[result.bootstrap_unit]}, seed {result.seed})"
         )
     return "\n".join(lines) + "\n"
 
@@ -155,8 +207,16 @@ def plot_froc(result: FrocResult, path: str | Path, label: str = "CAD") -> Path:
     return path
 
 
-def write_report(result: FrocResult, out: str | Path) -> dict[str, Path]:
+def write_report(
+    result: FrocResult, out: str | Path, breakdown: Breakdown | None = None
+) -> dict[str, Path]:
     """Write froc.json, froc.png, nodules.csv, detections.csv and summary.txt into ``out``.
+
+    Args:
+        result: the evaluation.
+        out: output folder.
+        breakdown: a breakdown by nodule group: written to breakdown.csv and its table
+            appended to summary.txt.
 
     Returns:
         ``{name: path}`` of the files written.
@@ -171,8 +231,17 @@ def write_report(result: FrocResult, out: str | Path) -> dict[str, Path]:
     plot_froc(result, paths["froc.png"])
     write_csv(result.nodules, paths["nodules.csv"], float_format="%.9f")
     write_csv(result.detections, paths["detections.csv"], float_format="%.9f")
-    paths["summary.txt"].write_text(format_summary(result))
+    summary = format_summary(result)
+    if breakdown is not None:
+        paths["breakdown.csv"] = write_csv(breakdown.table, out / "breakdown.csv")
+        summary += "\n" + format_breakdown(breakdown)
+    paths["summary.txt"].write_text(summary)
     return paths
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a nodule manifest (a generated set's manifest.csv or the LIDC manifest), seriesuid as text."""
+    return pd.read_csv(path, dtype={"seriesuid": str}, keep_default_na=True, low_memory=False)
 
 
 def evaluate_files(
@@ -184,6 +253,8 @@ def evaluate_files(
     bootstrap: int = 1000,
     seed: int = 0,
     max_marks_per_scan: int | None = OFFICIAL_MAX_MARKS_PER_SCAN,
+    bootstrap_unit: str = "auto",
+    manifest: str | Path | None = None,
 ) -> FrocResult:
     """Read LUNA16 files, evaluate (:func:`~nodule.evaluation.froc.evaluate_froc`), write the report, print the summary.
 
@@ -196,6 +267,10 @@ def evaluate_files(
         bootstrap: bootstrap resamples (0: no CI).
         seed: seed of the bootstrap.
         max_marks_per_scan: per-scan detection cap (official 100); None: none.
+        bootstrap_unit: ``scan``, ``nodule`` or ``auto`` (:func:`bootstrap_unit_for` the
+            annotations' folder).
+        manifest: nodule manifest for a breakdown by size band, type and attachment
+            (breakdown.csv, :mod:`nodule.evaluation.breakdown`), or None.
 
     Returns:
         The evaluation.
@@ -208,7 +283,62 @@ def evaluate_files(
         n_bootstrap=bootstrap,
         seed=seed,
         max_marks_per_scan=max_marks_per_scan,
+        bootstrap_unit=resolve_bootstrap_unit(bootstrap_unit, annotations),
     )
-    write_report(result, out)
-    print(format_summary(result), end="")
+    breakdown = None
+    if manifest is not None:
+        breakdown = breakdown_froc(result, nodule_groups(result.nodules, read_manifest(manifest)))
+    paths = write_report(result, out, breakdown)
+    print(paths["summary.txt"].read_text(), end="")
     return result
+
+
+def compare_files(
+    predictions_a: str | Path,
+    predictions_b: str | Path,
+    annotations: str | Path,
+    out: str | Path | None = None,
+    excluded: str | Path | None = None,
+    seriesuids: str | Path | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    bootstrap_unit: str = "auto",
+    max_marks_per_scan: int | None = OFFICIAL_MAX_MARKS_PER_SCAN,
+) -> Comparison:
+    """Read two submissions and the reference, compare them (:func:`~nodule.evaluation.compare.compare_froc`),
+    write ``out/comparison.json`` and print the summary paragraph.
+
+    Args:
+        predictions_a: submission A (the difference is B - A).
+        predictions_b: submission B.
+        annotations: annotations CSV.
+        out: output folder for comparison.json, or None to only print.
+        excluded: excluded findings CSV, or None.
+        seriesuids: headerless scan list, or None for the scans of the tables.
+        bootstrap: paired bootstrap resamples (0: none).
+        seed: seed of the bootstrap.
+        bootstrap_unit: ``scan``, ``nodule`` or ``auto`` (:func:`bootstrap_unit_for`).
+        max_marks_per_scan: per-scan detection cap (official 100); None: none.
+
+    Returns:
+        The comparison.
+    """
+    comparison = compare_froc(
+        read_submission(predictions_a),
+        read_submission(predictions_b),
+        read_annotations(annotations),
+        read_excluded(excluded) if excluded is not None else None,
+        read_seriesuids(seriesuids) if seriesuids is not None else None,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        bootstrap_unit=resolve_bootstrap_unit(bootstrap_unit, annotations),
+        max_marks_per_scan=max_marks_per_scan,
+    )
+    labels = (str(predictions_a), str(predictions_b))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "comparison.json").write_text(
+            json.dumps(comparison_json(comparison, *labels), indent=2) + "\n"
+        )
+    print(format_comparison(comparison, *labels), end="")
+    return comparison
