@@ -26,19 +26,29 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     max_marks_per_scan: int | None = 100,
+    bootstrap_unit: str = "auto",
+    manifest: Path | None = None,
 ) -> None:
     """Score a LUNA16 submission: FROC, CPM with a bootstrap CI, per-nodule and per-detection tables.
 
     Args:
         predictions: submission CSV (seriesuid,coordX,coordY,coordZ,probability[,...]).
         annotations: LUNA16 annotations CSV (seriesuid,coordX,coordY,coordZ,diameter_mm).
-        out: output folder for froc.json, froc.png, nodules.csv, detections.csv, summary.txt.
-        excluded: annotations_excluded.csv; detections on these findings are ignored.
+        out: output folder for froc.json, froc.png, nodules.csv, detections.csv, summary.txt
+            (and breakdown.csv with --manifest).
+        excluded: annotations_excluded.csv; detections on these findings are ignored (rows
+            with extentX,extentY,extentZ are boxes, the others spheres).
         seriesuids: headerless list of the scans evaluated; default: scans in annotations or predictions.
-        bootstrap: number of bootstrap resamples of scans for the 95% CI (0 turns it off).
+        bootstrap: number of bootstrap resamples for the 95% CI (0 turns it off).
         seed: seed of the bootstrap.
         max_marks_per_scan: keep at most this many detections per scan, as the official
             script does (100); ``null`` keeps all (use it to measure a candidate stage).
+        bootstrap_unit: what the bootstrap resamples: scan, nodule (with their scans' false
+            positives; for one-patient sets) or auto (nodule when the annotations' folder has
+            a generator.json with one_patient true, else scan).
+        manifest: nodule manifest (a generated set's manifest.csv or
+            data_manifests/lidc_luna16_annotations.csv) for a breakdown by size band, type
+            and attachment: breakdown.csv and a table in summary.txt.
     """
     from nodule.evaluation.report import evaluate_files
 
@@ -50,6 +60,53 @@ def evaluate(
         seriesuids=seriesuids,
         bootstrap=bootstrap,
         seed=seed,
+        max_marks_per_scan=max_marks_per_scan,
+        bootstrap_unit=bootstrap_unit,
+        manifest=manifest,
+    )
+
+
+def compare(
+    predictions: list[Path],
+    annotations: Path,
+    excluded: Path | None = None,
+    seriesuids: Path | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    bootstrap_unit: str = "auto",
+    max_marks_per_scan: int | None = 100,
+    out: Path | None = None,
+) -> None:
+    """Compare two LUNA16 submissions on the same scans: CPM difference B - A with a paired bootstrap CI.
+
+    Usage: ``nodule compare A.csv B.csv --annotations annotations.csv [--out DIR]``.
+
+    Args:
+        predictions: the two submission CSVs, A then B (the difference is B - A).
+        annotations: LUNA16 annotations CSV.
+        excluded: annotations_excluded.csv; detections on these findings are ignored.
+        seriesuids: headerless list of the scans evaluated; default: scans in the tables.
+        bootstrap: paired bootstrap resamples (each applied to both submissions; 0 turns it off).
+        seed: seed of the bootstrap.
+        bootstrap_unit: scan, nodule (with their scans' false positives) or auto (nodule for
+            a one-patient set: generator.json with one_patient true beside the annotations).
+        max_marks_per_scan: per-scan detection cap (official 100); ``null`` keeps all.
+        out: folder for comparison.json (default: print only).
+    """
+    from nodule.evaluation.report import compare_files
+
+    if len(predictions) != 2:
+        raise SystemExit(f"nodule compare takes two submissions, got {len(predictions)}")
+    compare_files(
+        predictions[0],
+        predictions[1],
+        annotations,
+        out=out,
+        excluded=excluded,
+        seriesuids=seriesuids,
+        bootstrap=bootstrap,
+        seed=seed,
+        bootstrap_unit=bootstrap_unit,
         max_marks_per_scan=max_marks_per_scan,
     )
 
@@ -284,6 +341,7 @@ def report(runs: list[Path]) -> None:
 
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
+    "compare": compare,
     "manifest": {"lidc": manifest_lidc},
     "synth": synth,
     "insert": insert,
