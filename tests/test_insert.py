@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from nodule.data.insert import (
     NODULE_GAP_MM,
     Variation,
     build_insert_dataset,
+    derived_uid,
     estimate_noise,
     insert_nodules,
     local_noise_std,
@@ -241,6 +243,35 @@ def test_dataset_reads_back_in_luna16_layout(
     )
     first_two = ann[ann["seriesuid"].isin(uids[:2])].reset_index(drop=True)
     pd.testing.assert_frame_equal(first_two, read_annotations(again / "annotations.csv"))
+
+
+def test_rerun_with_other_parameters_is_refused(
+    base: tuple[Volume, np.ndarray], bank: ShapeBank, tmp_path: Path
+) -> None:
+    vol, labels = base
+    out = build_insert_dataset(vol, tmp_path / "ext", scans=1, seed=7, bank=bank, lung_labels=labels)
+    gen = json.loads((out / "generator.json").read_text())
+    assert gen["seed"] == 7 and gen["scans"] == 1 and gen["fingerprint"] and gen["shape_bank_part"] == "insert"
+    with pytest.raises(ValueError, match=r"other parameters.*seed: 7 -> 8") as info:
+        build_insert_dataset(vol, out, scans=1, seed=8, bank=bank, lung_labels=labels)
+    assert str(out) in str(info.value)
+    assert read_seriesuids(out / "seriesuids.csv") == [gen_uid(vol, 7, 0)]
+    known = tmp_path / "known.csv"
+    row = {"seriesuid": "base", "coordX": -22.0, "coordY": 0.0, "coordZ": 0.0, "diameter_mm": 10.0}
+    pd.DataFrame([row]).to_csv(known, index=False)
+    with pytest.raises(ValueError, match="excluded_findings"):
+        build_insert_dataset(vol, out, scans=1, seed=7, excluded=known, bank=bank, lung_labels=labels)
+    with pytest.raises(ValueError, match="nodules_per_scan"):
+        build_insert_dataset(vol, out, scans=1, seed=7, nodules_per_scan=(1, 2), bank=bank, lung_labels=labels)
+    assert json.loads((out / "generator.json").read_text()) == gen  # refused runs change nothing
+    # the same parameters resume: nothing is made again
+    stamp = next(out.glob("subset0/*.mhd")).stat().st_mtime_ns
+    build_insert_dataset(vol, out, scans=1, seed=7, bank=bank, lung_labels=labels)
+    assert next(out.glob("subset0/*.mhd")).stat().st_mtime_ns == stamp
+
+
+def gen_uid(vol: Volume, seed: int, index: int) -> str:
+    return derived_uid("nodule-insert", vol.series_uid, seed, index)
 
 
 @pytest.mark.slow

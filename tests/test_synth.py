@@ -11,9 +11,10 @@ import pytest
 from pydicom.uid import UID
 
 from nodule.cli import main
-from nodule.data.layout import subset_of
+from nodule.data.layout import assemble_tables, subset_of
 from nodule.data.luna16 import read_annotations, read_excluded, read_folds, read_seriesuids
 from nodule.data.synth import run_synth
+from nodule.fingerprint import fingerprint
 from nodule.io import read_volume
 
 SMALL = {"preset": "small", "shapes": "ellipsoid", "progress": False}
@@ -97,6 +98,44 @@ def test_resume_keeps_complete_scans(tmp_path: Path) -> None:
     gen.write_text(json.dumps({**old, "shape_bank_version": 1}))
     with pytest.raises(ValueError, match="other parameters"):
         run_synth(out, scans=3, seed=3, **SMALL)  # type: ignore[arg-type]
+
+
+def test_rerun_with_fewer_scans_is_refused_and_tables_list_this_runs_scans(tmp_path: Path) -> None:
+    out = tmp_path / "f"
+    run_synth(out, scans=3, seed=3, **SMALL)  # type: ignore[arg-type]
+    uids = read_seriesuids(out / "seriesuids.csv")
+    gen_before = (out / "generator.json").read_bytes()
+    with pytest.raises(ValueError, match=r"holds 1 scan\(s\) that this job \(2 scans\).*at least 3 scans"):
+        run_synth(out, scans=2, seed=3, **SMALL)  # type: ignore[arg-type]
+    assert (out / "generator.json").read_bytes() == gen_before  # the refused run changed nothing
+    assert read_seriesuids(out / "seriesuids.csv") == uids
+    # The old bad state: a folder holding 3 scans, tables assembled for a run of 2.
+    assemble_tables(out, uids[:2])
+    assert read_seriesuids(out / "seriesuids.csv") == uids[:2]
+    assert list(pd.read_csv(out / "scans.csv")["seriesuid"]) == uids[:2]
+    assert set(read_annotations(out / "annotations.csv")["seriesuid"]) <= set(uids[:2])
+    assert set(pd.read_csv(out / "manifest.csv")["seriesuid"]) <= set(uids[:2])
+    assert sum(map(len, read_folds(out / "folds").values())) == 2
+    # resuming with the same scans, or extending, is allowed
+    run_synth(out, scans=3, seed=3, **SMALL)  # type: ignore[arg-type]
+    assert read_seriesuids(out / "seriesuids.csv") == uids
+    gen = json.loads((out / "generator.json").read_text())
+    assert gen["scans"] == 3 and gen["fingerprint"] == fingerprint({k: gen[k] for k in gen if k not in ("scans", "fingerprint")})
+    # a sidecar that no scan of this run would write (e.g. another set's) is refused, named by index
+    stray = tmp_path / "g"
+    run_synth(stray, scans=1, seed=4, **SMALL)  # type: ignore[arg-type]
+    (other,) = stray.glob("subset0/*.json")
+    (out / "subset0" / other.name).write_bytes(other.read_bytes())
+    with pytest.raises(ValueError, match=r"indices 0\); they are not scans of this set"):
+        run_synth(out, scans=3, seed=3, **SMALL)  # type: ignore[arg-type]
+
+
+def test_scans_without_generator_json_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "n"
+    run_synth(out, scans=1, seed=3, **SMALL)  # type: ignore[arg-type]
+    (out / "generator.json").unlink()
+    with pytest.raises(ValueError, match=r"no generator\.json"):
+        run_synth(out, scans=1, seed=3, **SMALL)  # type: ignore[arg-type]
 
 
 def test_dicom_output_reads_back_with_the_same_geometry(tmp_path: Path, dataset: Path) -> None:

@@ -40,7 +40,6 @@ intervals on it must resample nodules, not scans.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +53,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nodule.data.shapes import (
+    BANK_VERSION,
     NoduleType,
     RenderedNodule,
     ShapeBank,
@@ -62,6 +62,7 @@ from nodule.data.shapes import (
     random_rotation,
     render_nodule,
 )
+from nodule.fingerprint import fingerprint
 from nodule.io import FILL_HU, Volume
 
 Placement = Literal["isolated", "juxtavascular", "juxtapleural"]
@@ -686,7 +687,11 @@ def build_insert_dataset(
     ``manifest.csv`` (one row per finding: kind, type, placement, LIDC shape source, and
     its scan's variation), ``scans.csv`` (one row per scan) and ``generator.json``
     (arguments, notes: one patient's anatomy). Scan ``i`` uses the seed ``[seed, i]``, so
-    an interrupted run resumes where it stopped and gives the same bytes.
+    an interrupted run resumes where it stopped and gives the same bytes. Before any scan
+    is made, ``generator.json`` records the parameters that shape the scans
+    (:func:`insert_params`) and their fingerprint; a rerun into the folder with other
+    parameters, or with fewer scans than it holds, is refused
+    (:func:`nodule.data.layout.claim_folder`). The tables list this run's scans only.
 
     Args:
         ct: the real scan (DICOM folder or volume file, or a loaded volume).
@@ -701,19 +706,17 @@ def build_insert_dataset(
 
     Returns:
         The output folder.
+
+    Raises:
+        ValueError: ``out`` holds a set made with other parameters, or more scans than
+            ``scans``.
     """
     from nodule.data import layout
     from nodule.io import read_volume
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     base = ct if isinstance(ct, Volume) else read_volume(ct)
-    if lung_labels is None:
-        from nodule.lung import segment_lungs
-
-        lung_labels = segment_lungs(base).labels
     bank = bank if bank is not None else load_shape_bank("insert")
-    maps = placement_maps(base, lung_labels > 0)
     findings = pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
     if excluded is not None:
         table = read_findings(excluded)
@@ -723,6 +726,14 @@ def build_insert_dataset(
                 f"{excluded}: no finding of series {base.series_uid}; none excluded",
                 stacklevel=2,
             )
+    params = insert_params(base.series_uid, seed, findings, nodules_per_scan, bank)
+    uids = [derived_uid("nodule-insert", base.series_uid, seed, i) for i in range(scans)]
+    record = layout.claim_folder(out, params, uids)
+    if lung_labels is None:
+        from nodule.lung import segment_lungs
+
+        lung_labels = segment_lungs(base).labels
+    maps = placement_maps(base, lung_labels > 0)
     f_xyz = findings[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64).reshape(-1, 3)
     f_d = findings["diameter_mm"].to_numpy(dtype=np.float64)
     noise_report: list[float] = []
@@ -781,29 +792,55 @@ def build_insert_dataset(
         layout.write_scan(
             out, i, res.volume.with_array(arr), {"scan": scan, "findings": findings_rows}
         )
-    layout.assemble_tables(out)
+    layout.assemble_tables(out, uids)
     generator = {
-        "generator": "nodule insert",
-        "ct_series_uid": base.series_uid,
+        **record,
         "ct_kernel": base.info.kernel,
-        "scans": scans,
-        "seed": seed,
         "ct": str(ct) if not isinstance(ct, Volume) else None,
         "excluded": str(excluded) if excluded is not None else None,
         "known_findings": len(f_xyz),
-        "nodules_per_scan": list(nodules_per_scan),
-        "shape_bank_part": bank.part,
-        "shape_bank_size": len(bank),
-        "type_probs": TYPE_PROBS,
-        "placement_probs": PLACEMENT_PROBS,
         "noise_std_soft_tissue_hu_mean_this_run": float(np.mean(noise_report))
         if noise_report
         else None,
         "one_patient": True,
         "notes": NOTES,
     }
-    (out / "generator.json").write_text(json.dumps(generator, indent=2) + "\n")
+    layout.write_generator(out, generator)
     return out
+
+
+def insert_params(
+    series_uid: str,
+    seed: int,
+    findings: pd.DataFrame,
+    nodules_per_scan: tuple[int, int],
+    bank: ShapeBank,
+) -> dict[str, object]:
+    """What shapes an insert set's scans (:func:`build_insert_dataset`), for its fingerprint.
+
+    Args:
+        series_uid: the background scan's series uid.
+        seed: the seed.
+        findings: the known findings of the background that are kept clear and excluded
+            (their content is hashed, not the file they came from).
+        nodules_per_scan: inclusive range of the nodule count per scan.
+        bank: the shape bank (part, version, size).
+
+    Returns:
+        The parameters recorded in ``generator.json``.
+    """
+    return {
+        "generator": "nodule insert",
+        "ct_series_uid": series_uid,
+        "seed": int(seed),
+        "excluded_findings": fingerprint({"findings": findings.to_dict("records")}),
+        "nodules_per_scan": [int(n) for n in nodules_per_scan],
+        "shape_bank_part": bank.part,
+        "shape_bank_version": BANK_VERSION,
+        "shape_bank_size": len(bank),
+        "type_probs": TYPE_PROBS,
+        "placement_probs": PLACEMENT_PROBS,
+    }
 
 
 def _flat(d: dict[str, object]) -> dict[str, object]:

@@ -11,11 +11,14 @@
     DIR/folds/subsetK.csv                   headerless
     DIR/manifest.csv                        one row per finding, with its scan's record
     DIR/scans.csv                           one row per scan
+    DIR/generator.json                      what made the set: parameters, scans, fingerprint
 
 A scan counts as complete when its sidecar exists: the image is written under a
 temporary name and renamed into place first, then the sidecar likewise, so an
 interrupted job leaves no half scan that looks complete. ``nodule synth`` and
-``nodule insert`` both write through this module.
+``nodule insert`` both write through this module: :func:`claim_folder` first (a folder
+is resumed or extended only by a job with the same parameters, never shrunk), then the
+scans, then :func:`assemble_tables` from the job's own scans.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from nodule.data.luna16 import (
     write_folds,
     write_seriesuids,
 )
+from nodule.fingerprint import check_fingerprint, fingerprint
 from nodule.io import Volume, write_dicom_series, write_volume
 from nodule.paths import write_text_atomic
 
 Format = Literal["mhd", "dicom"]
 N_SUBSETS = 10
+GENERATOR_FILE = "generator.json"
 ANNOTATION_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 
 
@@ -113,22 +118,134 @@ def read_sidecars(root: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: int(r["scan"]["index"]))
 
 
-def assemble_tables(root: Path, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Path]:
-    """Write the dataset-level tables from the sidecars.
+def read_generator(root: Path) -> dict[str, Any] | None:
+    """The folder's ``generator.json`` (None if there is none)."""
+    path = Path(root) / GENERATOR_FILE
+    return dict(json.loads(path.read_text())) if path.exists() else None
 
-    Each sidecar holds ``scan`` (a flat dict with ``index`` and ``seriesuid``) and
-    ``findings`` (flat dicts with ``kind``, ``coordX/Y/Z``, ``diameter_mm`` ...):
-    kind ``nodule`` goes to annotations.csv, the others to annotations_excluded.csv.
+
+def write_generator(root: Path, record: Mapping[str, Any]) -> Path:
+    """Write ``generator.json`` atomically (temporary file, rename)."""
+    return write_text_atomic(Path(root) / GENERATOR_FILE, json.dumps(dict(record), indent=1) + "\n")
+
+
+def claim_folder(
+    root: Path,
+    params: Mapping[str, Any],
+    series_uids: Sequence[str],
+    legacy: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check that a job may write its set into ``root``, then record it in ``generator.json``.
+
+    A folder may be resumed or extended by a job with the same parameters: its
+    ``generator.json`` must hold the same parameters and fingerprint
+    (:func:`nodule.fingerprint.check_fingerprint`), and it may hold no scan (sidecar)
+    other than the job's own, scan ``i`` with uid ``series_uids[i]``; so a rerun asking
+    for fewer scans than the folder holds is refused, and so is a folder with scans but
+    no ``generator.json``. Then ``generator.json`` gets the parameters, ``scans`` (the
+    number of scans of this job) and ``fingerprint``.
+
+    Args:
+        root: dataset folder (created).
+        params: everything that shapes the scans (not their number).
+        series_uids: the uids of this job's scans, by index.
+        legacy: values of parameters that a ``generator.json`` of an older version may
+            lack (e.g. the shape bank version before it was recorded).
+
+    Returns:
+        What ``generator.json`` now holds.
+
+    Raises:
+        FingerprintMismatch: the folder holds a set made with other parameters.
+        ValueError: it holds scans this job would not make, or scans without a
+            ``generator.json``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    old = read_generator(root)
+    own = {sidecar_path(root, i, uid) for i, uid in enumerate(series_uids)}
+    foreign = sorted(p for p in root.glob("subset*/*.json") if p not in own)
+    if old is None and (foreign or any(p.exists() for p in own)):
+        raise ValueError(
+            f"{root} holds scans but no {GENERATOR_FILE}: cannot tell what made them; "
+            "use another folder, or remove this one to start over"
+        )
+    if old is not None:
+        defaults = {k: v for k, v in (legacy or {}).items() if k not in old}
+        recorded = {k: old[k] for k in params if k in old} | defaults
+        check_fingerprint(root, "a data set", recorded, params, old.get("fingerprint"))
+    if foreign:
+        n = len(series_uids)
+        indices = sorted(_scan_index(p) for p in foreign)
+        if all(i >= n for i in indices):
+            hint = (
+                "a rerun may resume or extend a set, not shrink it: ask for at least "
+                f"{indices[-1] + 1} scans, or use another folder"
+            )
+        else:
+            hint = "they are not scans of this set (-1: unreadable); use another folder"
+        raise ValueError(
+            f"{root} holds {len(foreign)} scan(s) that this job ({n} scans) would not make "
+            f"(indices {_short(indices)}); {hint}"
+        )
+    record = {**params, "scans": len(series_uids), "fingerprint": fingerprint(params)}
+    write_generator(root, record)
+    return record
+
+
+def _scan_index(sidecar: Path) -> int:
+    try:
+        return int(json.loads(sidecar.read_text())["scan"]["index"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _short(values: Sequence[int], limit: int = 8) -> str:
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def read_run_sidecars(root: Path, series_uids: Sequence[str]) -> list[dict[str, Any]]:
+    """The sidecars of scans ``0 .. len(series_uids) - 1`` (scan ``i`` has uid ``series_uids[i]``).
+
+    Raises:
+        FileNotFoundError: a scan is not complete.
+        ValueError: a sidecar describes another scan.
+    """
+    records = []
+    for i, uid in enumerate(series_uids):
+        path = sidecar_path(root, i, uid)
+        if not path.exists():
+            raise FileNotFoundError(f"scan {i} ({uid}) of {root} is not complete: no {path.name}")
+        record = json.loads(path.read_text())
+        scan = record["scan"]
+        if int(scan["index"]) != i or str(scan["seriesuid"]) != uid:
+            raise ValueError(f"{path} describes scan {scan['index']} ({scan['seriesuid']}), not {i} ({uid})")
+        records.append(record)
+    return records
+
+
+def assemble_tables(root: Path, series_uids: Sequence[str]) -> dict[str, Path]:
+    """Write the dataset-level tables from the sidecars of this job's scans.
+
+    Only scans ``0 .. len(series_uids) - 1`` with their expected uids go into the tables
+    (whatever else the folder may hold). Each sidecar holds ``scan`` (a flat dict with
+    ``index`` and ``seriesuid``) and ``findings`` (flat dicts with ``kind``,
+    ``coordX/Y/Z``, ``diameter_mm`` ...): kind ``nodule`` goes to annotations.csv, the
+    others to annotations_excluded.csv. Every table is written atomically.
 
     Args:
         root: dataset folder.
-        records: the sidecars (default: read them).
+        series_uids: the uids of the job's scans, by index.
 
     Returns:
         Name -> path of every table written.
+
+    Raises:
+        FileNotFoundError: a scan of the job is not complete.
     """
     root = Path(root)
-    recs = list(records) if records is not None else read_sidecars(root)
+    recs = read_run_sidecars(root, series_uids)
     rows, scans = [], []
     for rec in recs:
         scan = dict(rec["scan"])

@@ -3,14 +3,16 @@
 Each scan's random streams depend only on ``(seed, index)``
 (:func:`nodule.data.phantom.generate_phantom`), so the number of worker processes and
 interruptions do not change a single byte. Scans already complete (sidecar present)
-are kept when the job is run again; the tables are assembled from all sidecars at the
-end. ``DIR/generator.json`` records the generator version, seed and parameters; a rerun
-with other parameters into the same folder is refused.
+are kept when the job is run again; the tables are assembled at the end from the
+sidecars of this run's scans (indices ``0 .. scans-1``). ``DIR/generator.json`` records
+the generator version, seed, parameters and their fingerprint
+(:func:`nodule.data.layout.claim_folder`): a rerun with other parameters into the same
+folder is refused, and so is a rerun asking for fewer scans than the folder holds (more
+scans extend the set).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,7 +21,14 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from nodule.data import phantom
-from nodule.data.layout import Format, assemble_tables, is_complete, write_scan
+from nodule.data.layout import (
+    GENERATOR_FILE,
+    Format,
+    assemble_tables,
+    claim_folder,
+    is_complete,
+    write_scan,
+)
 from nodule.data.scanner import KERNELS, Kernel
 from nodule.data.shapes import BANK_VERSION, ShapeBank, load_shape_bank
 
@@ -121,7 +130,8 @@ def run_synth(
         Name -> path of the dataset tables (plus ``generator``).
 
     Raises:
-        ValueError: ``out`` holds a set made with other parameters.
+        ValueError: ``out`` holds a set made with other parameters, or more scans than
+            ``scans``.
     """
     for name, value, allowed in (
         ("preset", preset, tuple(phantom.PRESETS)),
@@ -132,17 +142,10 @@ def run_synth(
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     params = _params(seed, preset, fmt, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients)
-    gen = out / "generator.json"
-    if gen.exists():
-        old = json.loads(gen.read_text())
-        old_params = {k: v for k, v in old.items() if k != "scans"}
-        # sets made before the version was recorded used bank version 1
-        old_params.setdefault("shape_bank_version", 1 if shapes == "lidc" else None)
-        if old_params != params:
-            raise ValueError(f"{out} holds a set made with other parameters: {old_params} != {params}")
-    gen.write_text(json.dumps({**params, "scans": int(scans)}, indent=1))
+    uids = [phantom.default_series_uid(seed, i, preset) for i in range(int(scans))]
+    # sets made before the version was recorded used bank version 1
+    claim_folder(out, params, uids, legacy={"shape_bank_version": 1 if shapes == "lidc" else None})
     tasks = [(i, params, str(out)) for i in range(int(scans))]
     if shapes == "lidc":  # build (or check) the cached bank once here, not in every worker
         load_shape_bank("synth", max_patients=shape_patients, jobs=jobs)
@@ -153,5 +156,5 @@ def run_synth(
         _init_worker(shapes, shape_patients)
         results = [_one(t) for t in tqdm(tasks, disable=not progress, desc="synth")]
     del results
-    tables = assemble_tables(out)
-    return {**tables, "generator": gen}
+    tables = assemble_tables(out, uids)
+    return {**tables, "generator": out / GENERATOR_FILE}
