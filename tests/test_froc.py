@@ -15,6 +15,11 @@ How each rule is checked (scan lists of one scan unless said; FP/scan = negative
 - interpolation: a hit and an FP with the same score make one diagonal ROC step -> the
   sensitivity at r FP/scan is r/2 up to 1 -> CPM (1/16 + 1/8 + 1/4 + 4/2) / 7.
 - ties at the 100-marks cap drop every tied mark; a mark inside two nodules hits both.
+- nodule bootstrap unit: one resample's weights by hand (a scan's FPs weigh the mean draw
+  count of its nodules, a scan without nodules 1, FP/scan divided by their sum), and unit
+  weights giving the point estimate bit for bit.
+- excluded boxes (extentX/Y/Z): strictly inside ignored, on a face a false positive, rows
+  without extents still spheres; the training labels agree.
 """
 
 from __future__ import annotations
@@ -27,13 +32,21 @@ import pandas as pd
 import pytest
 from luna16_reference import collect_froc_items, reference_bootstrap_cpms, reference_evaluate
 
-from nodule.data.luna16 import read_annotations, read_excluded, read_folds, read_seriesuids
+from nodule.data.luna16 import (
+    Luna16FormatError,
+    read_annotations,
+    read_excluded,
+    read_folds,
+    read_seriesuids,
+)
 from nodule.evaluation.froc import (
     FP_RATES,
     bootstrap_froc,
     evaluate_froc,
     froc_curve,
     match_detections,
+    nodule_resampler,
+    nodule_weights,
     sensitivities_at,
 )
 from nodule.evaluation.sample import make_sample_submission
@@ -187,6 +200,184 @@ def test_degenerate_inputs() -> None:
     assert np.isnan(no_nodule.cpm)
     with pytest.raises(ValueError, match="more than once"):
         evaluate_froc(_marks([]), _findings(nodules), None, [S1, S1], 0)
+
+
+# ------------------------------------------------------------------ bootstrap unit: nodules
+
+
+def _one_patient_set(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """12 scans, 1-3 nodules in 10 of them, a seeded sample submission with ties."""
+    rng = np.random.default_rng(seed)
+    uids = [f"2.25.{i}" for i in range(12)]
+    rows = [
+        (u, 30.0 * k, 40.0 * i, 5.0 * k, float(rng.uniform(4, 20)))
+        for i, u in enumerate(uids[:10])
+        for k in range(1 + i % 3)
+    ]
+    nodules = _findings(rows)
+    sub = make_sample_submission(
+        nodules, _findings([]), uids, seed, fp_per_scan=3.0, tie_fraction=0.3
+    )
+    return sub, nodules, uids
+
+
+def test_nodule_weights_by_hand() -> None:
+    # scans S1 (nodules n0 hit 0.9, n1 missed), S2 (n2 hit 0.7), S3 (no nodule)
+    nodules = [(S1, 0.0, 0.0, 0.0, 10.0), (S1, 50.0, 0.0, 0.0, 10.0), (S2, 0.0, 0.0, 0.0, 10.0)]
+    marks = [
+        (S1, 0.0, 0.0, 0.0, 0.9),
+        (S1, -80.0, 0.0, 0.0, 0.8),  # FP of S1
+        (S2, 0.0, 0.0, 0.0, 0.7),
+        (S3, 0.0, 0.0, 0.0, 0.7),  # FP of S3, tied with the hit of S2: one diagonal step
+        (S2, 80.0, 0.0, 0.0, 0.5),  # FP of S2
+    ]
+    result = evaluate_froc(_marks(marks), _findings(nodules), None, [S1, S2, S3], 0)
+    items = result.items
+    assert items is not None and items.nodule_scan.tolist() == [0, 0, 1]
+    # n0 drawn once, n1 never, n2 twice: W = [1/2, 2, 1 (no nodule)], divisor 3.5, N = 3
+    weights = nodule_weights(np.array([1.0, 0.0, 2.0]), items.nodule_scan, 3)
+    np.testing.assert_array_equal(weights.scan, [0.5, 2.0, 1.0])
+    assert (weights.n_scans, weights.n_nodules) == (3.5, 3.0)
+    at_rates, _ = bootstrap_froc(items, 1, 0, draw=lambda rng: weights)
+    # cumulative (hits, FPs): (1, 0) (1, .5) (3, 1.5) (3, 3.5) -> FP/scan 0, 1/7, 3/7, 1;
+    # sensitivity 1/3, 1/3, 1, 1: 1/3 at 0.125, on the diagonal at 0.25
+    # (1/3 + (0.25 - 1/7) / (2/7) * 2/3 = 7/12; with the divisor 3 instead of 3.5 it would be 1/2),
+    # 1 from 3/7 on
+    np.testing.assert_allclose(at_rates[0], [1 / 3, 7 / 12, 1, 1, 1, 1, 1], rtol=0, atol=1e-12)
+    # with every nodule drawn once the weights are those of the point estimate, exactly
+    ones = nodule_weights(np.ones(3), items.nodule_scan, 3)
+    np.testing.assert_array_equal(ones.scan, [1.0, 1.0, 1.0])
+    at_ones, _ = bootstrap_froc(items, 1, 0, draw=lambda rng: ones)
+    assert at_ones[0].tolist() == list(result.sensitivities.values())
+
+
+def test_nodule_bootstrap_with_unit_weights_is_the_point_estimate_exactly() -> None:
+    sub, nodules, uids = _one_patient_set(3)
+    result = evaluate_froc(sub, nodules, None, uids, 0)
+    items = result.items
+    assert items is not None and result.n_hits > 5 and result.n_false_positives > 20
+    ones = nodule_weights(np.ones(items.nodule_scan.size), items.nodule_scan, len(uids))
+    at_rates, _ = bootstrap_froc(items, 2, 0, draw=lambda rng: ones)
+    assert at_rates[0].tolist() == at_rates[1].tolist() == list(result.sensitivities.values())
+
+
+def test_nodule_resampler_draws_nodules_and_carries_their_scans_false_positives() -> None:
+    nodule_scan = np.array([0, 0, 0, 1, 2, 2])  # scan 3 has no nodule
+    draw = nodule_resampler(nodule_scan, 4)
+    rng, check = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(20):
+        w = draw(rng)
+        expected = np.bincount(check.integers(0, 6, size=6), minlength=6)
+        np.testing.assert_array_equal(w.nodule, expected)
+        scan = [expected[:3].sum() / 3, expected[3], expected[4:].sum() / 2, 1.0]
+        np.testing.assert_allclose(w.scan, scan, rtol=0, atol=1e-15)
+        assert w.n_nodules == 6 and w.n_scans == pytest.approx(sum(scan), abs=1e-12)
+
+
+def test_evaluate_froc_bootstrap_unit() -> None:
+    sub, nodules, uids = _one_patient_set(1)
+    scan = evaluate_froc(sub, nodules, None, uids, 200, seed=2)
+    nodule = evaluate_froc(sub, nodules, None, uids, 200, seed=2, bootstrap_unit="nodule")
+    again = evaluate_froc(sub, nodules, None, uids, 200, seed=2, bootstrap_unit="nodule")
+    assert (scan.bootstrap_unit, nodule.bootstrap_unit) == ("scan", "nodule")
+    assert scan.cpm == nodule.cpm and scan.curve.fps.tolist() == nodule.curve.fps.tolist()
+    assert nodule.cpm_ci95 == again.cpm_ci95 != scan.cpm_ci95
+    assert nodule.cpm_ci95 is not None and nodule.cpm_ci95[0] <= nodule.cpm <= nodule.cpm_ci95[1]
+    with pytest.raises(ValueError, match="bootstrap_unit"):
+        evaluate_froc(sub, nodules, None, uids, 10, bootstrap_unit="patient")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ excluded boxes
+
+
+def _boxes(
+    rows: Sequence[tuple[str, float, float, float, float, float, float, float]],
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "seriesuid",
+            "coordX",
+            "coordY",
+            "coordZ",
+            "diameter_mm",
+            "extentX",
+            "extentY",
+            "extentZ",
+        ],
+    )
+
+
+def test_excluded_box_ignores_detections_strictly_inside() -> None:
+    nan = float("nan")
+    nodule = [(S1, 200.0, 0.0, 0.0, 10.0)]
+    excluded = _boxes(
+        [
+            (S1, 0.0, 0.0, 0.0, 4.0, 40.0, 10.0, 6.0),  # box 40 x 10 x 6 mm (its diameter unused)
+            (S1, 100.0, 0.0, 0.0, 4.0, nan, nan, nan),  # a sphere of 4 mm
+        ]
+    )
+    marks = [
+        (S1, 19.9, 4.9, 2.9, 0.9),  # inside the box, far outside any 4 mm sphere: ignored
+        (S1, 20.0, 0.0, 0.0, 0.8),  # on the box's x face: a false positive
+        (S1, 0.0, 0.0, 3.0, 0.7),  # on its z face: a false positive
+        (S1, 101.9, 0.0, 0.0, 0.6),  # inside the sphere row: ignored
+        (S1, 102.0, 0.0, 0.0, 0.5),  # on the sphere: a false positive
+        (S1, 200.0, 0.0, 0.0, 0.4),  # the nodule
+    ]
+    result = evaluate_froc(_marks(marks), _findings(nodule), excluded, [S1], 0)
+    assert result.detections["status"].tolist() == [
+        "excluded_finding",
+        "false_positive",
+        "false_positive",
+        "excluded_finding",
+        "false_positive",
+        "true_positive",
+    ]
+    # the same table without the extent columns: every row a sphere
+    spheres = evaluate_froc(_marks(marks), _findings(nodule), excluded.iloc[:, :5], [S1], 0)
+    assert spheres.detections["status"].iloc[0] == "false_positive"
+
+
+def test_label_candidates_honours_excluded_boxes() -> None:
+    from nodule.training.labels import LABEL, ON_EXCLUDED, label_candidates
+
+    nan = float("nan")
+    annotations = _findings([(S1, 0.0, 0.0, 0.0, 6.0)])
+    excluded = _boxes(
+        [(S1, 0.0, 0.0, 0.0, -1.0, 30.0, 30.0, 30.0), (S1, 100.0, 0.0, 0.0, -1.0, nan, nan, nan)]
+    )
+    candidates = _marks(
+        [
+            (S1, 1.0, 0.0, 0.0, 0.0),  # the nodule (inside the box too): positive
+            (S1, 14.9, -14.9, 14.9, 0.0),  # inside the box only
+            (S1, 15.0, 0.0, 0.0, 0.0),  # on its face: a clear negative
+            (S1, 104.9, 0.0, 0.0, 0.0),  # inside the 10 mm sphere of unknown size
+            (S1, 105.0, 0.0, 0.0, 0.0),  # on that sphere
+        ]
+    )
+    out = label_candidates(candidates, annotations, excluded)
+    assert out[LABEL].tolist() == [1, 0, 0, 0, 0]
+    assert out[ON_EXCLUDED].tolist() == [False, True, False, True, False]
+    # the evaluation agrees on which detections are on excluded findings
+    result = evaluate_froc(candidates.assign(probability=0.5), annotations, excluded, [S1], 0)
+    assert (result.detections["status"] == "excluded_finding").tolist() == out[ON_EXCLUDED].tolist()
+
+
+def test_excluded_box_extents_are_checked() -> None:
+    nan = float("nan")
+    marks = _marks([(S1, 0.0, 0.0, 0.0, 0.5)])
+    nodule = _findings([(S1, 50.0, 0.0, 0.0, 10.0)])
+    partial = _boxes([(S1, 0.0, 0.0, 0.0, 4.0, 10.0, nan, 10.0)])
+    with pytest.raises(Luna16FormatError, match="needs all of"):
+        evaluate_froc(marks, nodule, partial, [S1], 0)
+    text = _boxes([(S1, 0.0, 0.0, 0.0, 4.0, 10.0, 10.0, 10.0)]).astype({"extentY": object})
+    text.loc[0, "extentY"] = "wide"
+    with pytest.raises(Luna16FormatError, match="extentY"):
+        evaluate_froc(marks, nodule, text, [S1], 0)
+    negative = _boxes([(S1, 0.0, 0.0, 0.0, 4.0, 10.0, -1.0, 10.0)])
+    with pytest.raises(Luna16FormatError, match="extentY"):
+        evaluate_froc(marks, nodule, negative, [S1], 0)
 
 
 # ------------------------------------------------------------------ agreement with the reference
