@@ -143,7 +143,7 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
 
     # W&B: one run per fold named fold_K and a summary run, all in the run folder's group.
     runs = {}
-    for run_dir in (out / "wandb").glob("offline-run-*"):
+    for run_dir in out.rglob("offline-run-*"):
         for record in wandb_records(run_dir):
             if record.WhichOneof("record_type") == "run":  # type: ignore[attr-defined]
                 runs[record.run.display_name] = record.run.run_group  # type: ignore[attr-defined]

@@ -28,11 +28,12 @@ Guards, each a :class:`CrossvalError` before anything trains (or a failed fold):
 * two models with the same initial weights (:func:`check_distinct_inits`).
 
 Layout of the run folder ``out``: ``fold_K/`` (``checkpoints/``, ``predictions.csv``,
-``fold.json``, ``external/<name>-<hash>.csv``), ``final/`` (with ``final_model``),
-``predictions.csv`` (every fold pooled), ``external/<name>/predictions.csv`` (the
-ensemble's), ``summary.json``, ``report.html`` and ``report.md``
-(:mod:`nodule.evaluation.html_report`), ``wandb/`` (one offline run per fold, named
-``fold_K``, and a ``summary`` run, all in the group named after the run folder).
+``fold.json``, ``config.yaml``, ``wandb/`` (the fold's W&B run, named ``fold_K``),
+``external/<name>-<hash>.csv``), ``final/`` (with ``final_model``), ``predictions.csv``
+(every fold pooled), ``external/<name>/predictions.csv`` (the ensemble's),
+``summary.json``, ``report.html``, ``report.md`` and ``froc.png``
+(:mod:`nodule.evaluation.html_report`), ``wandb/`` (the ``summary`` run). The W&B runs
+(offline unless ``WANDB_MODE`` says otherwise) share one group, the run folder's name.
 
 A rerun resumes: a fold whose ``predictions.csv`` and finished ``fold.json`` exist with
 the same fingerprint (configuration, overrides, data tables, fold assignment, seed) is
@@ -51,7 +52,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -64,13 +65,12 @@ from nodule.data.luna16 import (
     read_submission,
     write_submission,
 )
-from nodule.evaluation import report as froc_report
-from nodule.evaluation.froc import FrocResult, evaluate_froc
+from nodule.evaluation.froc import BootstrapUnit, FrocResult, evaluate_froc
+from nodule.evaluation.report import bootstrap_unit_for, froc_json
 from nodule.paths import cache_dir, write_text_atomic
 from nodule.training.checkpoints import read_best
 from nodule.training.cli import lightning_main
 
-BootstrapUnit = Literal["scan", "nodule"]
 FINAL_SEED_OFFSET = 10
 """The final model's seed is ``seed + 10`` (no fold's, as folds are 0-9)."""
 FOLD_JSON = "fold.json"
@@ -374,11 +374,6 @@ def evaluate_scans(
     )
 
 
-def figures(result: FrocResult, unit: BootstrapUnit) -> dict[str, Any]:
-    """``froc.json`` figures of an evaluation with the bootstrap unit used."""
-    return {**froc_report.froc_json(result), "bootstrap_unit": unit}
-
-
 def ensemble_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Mean probability over models of the same candidates (rows in the same order).
 
@@ -403,7 +398,17 @@ def _write_submission_atomic(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _main_process() -> bool:
+    """Whether this is the process that writes (global rank zero; the others of a DDP run only
+    take part in the Lightning calls)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
+
+
 def _write_json_atomic(path: Path, payload: Any) -> Path:
+    if not _main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, json.dumps(payload, indent=1, default=str) + "\n")
 
@@ -475,7 +480,7 @@ class _Runner:
             group = self.run_dir.name
             run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{_json_hash(str(self.run_dir))[:6]}-{name}")
             args += [
-                f"--trainer.logger.init_args.save_dir={self.run_dir}",
+                f"--trainer.logger.init_args.save_dir={folder}",
                 f"--trainer.logger.init_args.name={name}",
                 f"--trainer.logger.init_args.group={group}",
                 f"--trainer.logger.init_args.id={run_id}",
@@ -503,6 +508,8 @@ class _Runner:
             f"--ckpt_path={checkpoint}",
         ]
         lightning_main(args)
+        if not _main_process():  # the first process wrote the gathered predictions
+            return pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "probability"])
         os.replace(part, out)
         return read_submission(out)
 
@@ -654,18 +661,25 @@ def run_crossval(
     }
     records: dict[str, dict[str, Any]] = {}
     pooled_parts: list[pd.DataFrame] = []
-    progress = tqdm(plans, desc="crossval", unit="fold")
+    main = _main_process()
+    progress = tqdm(plans, desc="crossval", unit="fold", disable=not main)
     for plan in progress:
         progress.set_postfix_str(plan.name)
         record, skipped = _run_fold(runner, plan, seed, common, bootstrap, records)
         records[plan.name] = record
-        pooled_parts.append(read_submission(run_dir / plan.name / PREDICTIONS))
-        progress.write(_fold_line(record, skipped))
+        if main:
+            pooled_parts.append(read_submission(run_dir / plan.name / PREDICTIONS))
+            progress.write(_fold_line(record, skipped))
     progress.close()
+    if not main:  # another DDP process: take part in the remaining fits and predictions only
+        final_record = _run_final(runner, fold_list, seed, common) if final_model else None
+        for ext in externals:
+            _run_external(runner, ext, plans, final_record, bootstrap, seed)
+        return {}
 
     pooled = pd.concat(pooled_parts, ignore_index=True)
     _write_submission_atomic(pooled, run_dir / PREDICTIONS)
-    unit = froc_report.bootstrap_unit_for(root)
+    unit = bootstrap_unit_for(root)
     pooled_result = evaluate_scans(pooled, root, uids, bootstrap, seed, unit)
 
     final: dict[str, Any] | None = None
@@ -682,7 +696,7 @@ def run_crossval(
         "folds": fold_list,
         "seed": seed,
         "bootstrap": bootstrap,
-        "pooled": figures(pooled_result, unit),
+        "pooled": froc_json(pooled_result),
         "per_fold": [records[p.name] for p in plans],
         "final_model": final,
         "external": external_figures,
@@ -757,12 +771,14 @@ def _run_fold(
     )
     check_distinct_inits({**{n: str(r["init_state_sha256"]) for n, r in done.items()}, plan.name: str(hasher.digest)})
     predictions = runner.predict(runner.root, [plan.test], best, folder / PREDICTIONS)
+    if not _main_process():
+        return record, False
     uids = list(common["assignment"][plan.test])
-    unit = froc_report.bootstrap_unit_for(runner.root)
+    unit = bootstrap_unit_for(runner.root)
     result = evaluate_scans(predictions, runner.root, uids, bootstrap, seed, unit)
     record.update(
         status="done",
-        test=figures(result, unit),
+        test=froc_json(result),
         minutes=record["minutes"] + (time.perf_counter() - started) / 60.0,
     )
     _write_json_atomic(folder / FOLD_JSON, record)
@@ -812,7 +828,7 @@ def _run_external(
     seed: int,
 ) -> dict[str, Any]:
     """The fold ensemble's (and the final model's) predictions and figures on an external set."""
-    unit = froc_report.bootstrap_unit_for(ext.root)
+    unit = bootstrap_unit_for(ext.root)
     subsets = sorted(ext.folds)
     tables = []
     for plan in plans:
@@ -823,18 +839,22 @@ def _run_external(
             if path.is_file()
             else runner.predict(ext.root, subsets, Path(record["best_checkpoint"]), path)
         )
+    if not _main_process():
+        if final is not None:
+            runner.predict(ext.root, subsets, Path(final["best_checkpoint"]), runner.run_dir / "final" / "unused.csv")
+        return {}
     folder = runner.run_dir / "external" / ext.name
     folder.mkdir(parents=True, exist_ok=True)
     ensemble = _write_submission_atomic(ensemble_predictions(tables), folder / PREDICTIONS)
     result = evaluate_scans(read_submission(ensemble), ext.root, ext.seriesuids, bootstrap, seed, unit)
-    out: dict[str, Any] = {"root": str(ext.root), "ensemble": figures(result, unit), "final_model": None}
+    out: dict[str, Any] = {"root": str(ext.root), "ensemble": froc_json(result), "final_model": None}
     if final is not None:
         path = runner.run_dir / "final" / "external" / f"{ext.name}-{ext.fingerprint}.csv"
         table = read_submission(path) if path.is_file() else runner.predict(
             ext.root, subsets, Path(final["best_checkpoint"]), path
         )
         final_result = evaluate_scans(table, ext.root, ext.seriesuids, bootstrap, seed, unit)
-        out["final_model"] = figures(final_result, unit)
+        out["final_model"] = froc_json(final_result)
     return out
 
 

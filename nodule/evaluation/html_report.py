@@ -193,23 +193,43 @@ def _tables(summary: Mapping[str, Any]) -> dict[str, tuple[list[str], list[list[
     return {"cv": (cv_head, cv_rows), "external": (ext_head, ext_rows)}
 
 
-def _evaluate(predictions: pd.DataFrame, root: Path, uids: Sequence[str]) -> FrocResult:
+def _evaluate(
+    predictions: pd.DataFrame, root: Path, uids: Sequence[str], n_bootstrap: int = 0, seed: int = 0
+) -> FrocResult:
     from nodule.evaluation.crossval import evaluate_scans
+    from nodule.evaluation.report import bootstrap_unit_for
 
-    return evaluate_scans(predictions, root, uids, 0, 0, "scan")
+    return evaluate_scans(predictions, root, uids, n_bootstrap, seed, bootstrap_unit_for(root))
+
+
+def _ci_text(value: float, lo: float, hi: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" + ("" if math.isnan(lo) or math.isnan(hi) else f" [{lo:.3f}, {hi:.3f}]")
 
 
 def _breakdowns(root: Path, result: FrocResult) -> tuple[str, list[tuple[str, pd.DataFrame]]]:
-    """Breakdowns of the pooled evaluation by size band / type / attachment, or why there are none."""
+    """Breakdowns of the pooled evaluation by size band / type / attachment
+    (:func:`nodule.evaluation.breakdown.breakdown_tables` with the data set's ``manifest.csv``,
+    CIs by the pooled evaluation's bootstrap), or why there are none."""
+    from nodule.evaluation.breakdown import BREAKDOWN_RATES, breakdown_tables
+
     manifest = root / "manifest.csv"
-    try:
-        from nodule.evaluation import breakdown
-    except ImportError:
-        return "not available: nodule.evaluation.breakdown is not installed", []
     if not manifest.is_file():
         return f"not available: {root} has no manifest.csv", []
-    tables = breakdown.breakdown_tables(result, pd.read_csv(manifest, dtype={"seriesuid": str}))
-    return "", list(tables.items())
+    out = []
+    for group_by, table in breakdown_tables(result, pd.read_csv(manifest, dtype={"seriesuid": str})).items():
+        shown = pd.DataFrame({group_by: table["group"], "nodules": table["n_nodules"], "hit": table["n_hit"]})
+        for rate in BREAKDOWN_RATES:
+            key = f"sens@{rate:g}"
+            shown[f"{key} [95% CI]"] = [
+                _ci_text(v, lo, hi) for v, lo, hi in zip(table[key], table[f"{key}_lo"], table[f"{key}_hi"], strict=True)
+            ]
+        shown["CPM [95% CI]"] = [
+            _ci_text(v, lo, hi) for v, lo, hi in zip(table["cpm"], table["cpm_lo"], table["cpm_hi"], strict=True)
+        ]
+        out.append((f"by {group_by}", shown))
+    return "", out
 
 
 @dataclass
@@ -248,7 +268,9 @@ def load_report_data(run_dir: Path) -> ReportData:
     root = Path(summary["provenance"]["data"])
     assignment = summary["fold_assignment"]
     uids = [u for k in summary["folds"] for u in assignment[str(k)]]
-    pooled = _evaluate(read_submission(run_dir / "predictions.csv"), root, uids)
+    pooled = _evaluate(
+        read_submission(run_dir / "predictions.csv"), root, uids, int(summary["bootstrap"]), int(summary["seed"])
+    )
     folds = [
         (r["name"], _evaluate(read_submission(run_dir / r["name"] / "predictions.csv"), root, assignment[str(r["test_fold"])]))
         for r in summary["per_fold"]
@@ -369,7 +391,7 @@ def render_html(data: ReportData) -> str:
         f"cap {pooled.get('max_marks_per_scan')} marks a scan, {pooled.get('n_bootstrap')} bootstrap resamples by "
         f"{html.escape(str(pooled.get('bootstrap_unit')))}). Training time {minutes:.1f} min over the folds.</p>",
         "<h2>FROC</h2>",
-        f'<img alt="FROC curves" style="max-width:100%" src="{_b64(data.froc_png)}">',
+        f'<img alt="FROC curves" style="width:960px;max-width:100%" src="{_b64(data.froc_png)}">',
         "<h2>Cross-validation: pooled and per fold</h2>",
         "<p>Each fold's model is tested on its own fold (CPM with its CI); the pooled row evaluates every fold's "
         "predictions together, once, as LUNA16 does.</p>",
