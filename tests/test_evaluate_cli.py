@@ -1,4 +1,5 @@
-"""``nodule evaluate``: a thin wrapper that writes froc.json, froc.png, nodules.csv, detections.csv, summary.txt."""
+"""``nodule evaluate``: a thin wrapper that writes froc.json, froc.png, nodules.csv, detections.csv,
+summary.txt (and breakdown.csv with --manifest); --bootstrap_unit auto follows the set's generator.json."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nodule.data.luna16 import (
     write_submission,
 )
 from nodule.evaluation.froc import evaluate_froc
+from nodule.evaluation.report import bootstrap_unit_for
 from nodule.evaluation.sample import make_sample_submission
 
 COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ"]
@@ -126,3 +128,71 @@ def test_evaluate_rejects_a_bad_submission(files: dict[str, Path], tmp_path: Pat
     files["predictions"] = bad
     with pytest.raises(Luna16FormatError, match="probability"):
         _run(files, tmp_path / "out", "--bootstrap", "0")
+
+
+def test_bootstrap_unit_for(tmp_path: Path) -> None:
+    assert bootstrap_unit_for(tmp_path) == "scan"  # no generator.json
+    (tmp_path / "generator.json").write_text(json.dumps({"one_patient": False}))
+    assert bootstrap_unit_for(tmp_path) == "scan"
+    (tmp_path / "generator.json").write_text(json.dumps({"generator": "x", "one_patient": True}))
+    assert bootstrap_unit_for(tmp_path) == "nodule"
+
+
+def test_evaluate_bootstrap_unit_auto_follows_the_set(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (files["annotations"].parent / "generator.json").write_text(json.dumps({"one_patient": True}))
+    _run(files, tmp_path / "auto", "--bootstrap", "100", "--seed", "7")
+    report = json.loads((tmp_path / "auto" / "froc.json").read_text())
+    expected = evaluate_froc(
+        pd.read_csv(files["predictions"]),
+        pd.read_csv(files["annotations"]),
+        pd.read_csv(files["excluded"]),
+        [f"1.2.840.{i}" for i in range(12)],
+        n_bootstrap=100,
+        seed=7,
+        bootstrap_unit="nodule",
+    )
+    assert report["bootstrap_unit"] == "nodule"
+    assert tuple(report["cpm_ci95"]) == expected.cpm_ci95
+    summary = (tmp_path / "auto" / "summary.txt").read_text()
+    assert "100 bootstrap resamples of nodules (with the false positives of their scans" in summary
+    _run(files, tmp_path / "scan", "--bootstrap", "100", "--seed", "7", "--bootstrap_unit", "scan")
+    forced = json.loads((tmp_path / "scan" / "froc.json").read_text())
+    assert forced["bootstrap_unit"] == "scan" and forced["cpm_ci95"] != report["cpm_ci95"]
+    assert "resamples of scans" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="bootstrap_unit"):
+        _run(files, tmp_path / "bad", "--bootstrap_unit", "patient")
+
+
+def test_evaluate_with_manifest_writes_a_breakdown(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodules = pd.read_csv(files["annotations"], dtype={"seriesuid": str})
+    manifest = nodules.iloc[:6].assign(  # two nodules left without a manifest row
+        kind="nodule", nodule_type=["solid", "ground-glass"] * 3, placement="juxtapleural"
+    )
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    _run(files, out, "--bootstrap", "50", "--manifest", str(tmp_path / "manifest.csv"))
+    table = pd.read_csv(out / "breakdown.csv")
+    assert list(table.columns) == [
+        "group_by",
+        "group",
+        "n_nodules",
+        "n_hit",
+        *(f"sens@{r}{s}" for r in (1, 2, 4) for s in ("", "_lo", "_hi")),
+        "cpm",
+        "cpm_lo",
+        "cpm_hi",
+    ]
+    types = table[table["group_by"] == "type"].set_index("group")["n_nodules"].to_dict()
+    assert types == {"solid": 3, "ground-glass": 3, "unknown": 2}
+    attachment = table[table["group_by"] == "attachment"].set_index("group")["n_nodules"]
+    assert attachment.to_dict() == {"juxtapleural": 6, "unknown": 2}
+    report = json.loads((out / "froc.json").read_text())
+    assert table.iloc[0]["cpm"] == pytest.approx(report["cpm"], abs=1e-12)
+    assert table["cpm_lo"].notna().all()
+    summary = (out / "summary.txt").read_text()
+    assert "6 of 8 nodules matched" in summary and "ground-glass" in summary
+    assert summary in capsys.readouterr().out
