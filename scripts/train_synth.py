@@ -12,7 +12,12 @@ its output exists (so an interrupted run resumes; ``fit`` resumes from ``last.ck
    set ``nodule insert`` builds from the real CT) and its evaluation.
 
 Results go to ``OUT/<variant>/`` (runs, submissions, reports) and a table of all
-variants to ``OUT/results.md`` and ``OUT/results.json``. The data set needs its
+variants to ``OUT/results.md`` and ``OUT/results.json`` (written atomically). A run
+folder records in ``run.json`` the fingerprint (:mod:`nodule.fingerprint`) of what
+shapes it: the configuration file's content, the overrides, the data root, the external
+set and the variant; a rerun into it with other ones is refused. A submission counts as
+done only when its ``.done`` marker, written after ``nodule predict`` succeeded, holds
+the fingerprint of its bytes (so a half-written or replaced file is predicted again). The data set needs its
 ``candidates.csv`` (``nodule candidates ROOT --out ROOT/candidates.csv``); so does the
 external set.
 
@@ -33,9 +38,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nodule.data.luna16 import write_seriesuids
+from nodule.fingerprint import check_fingerprint, file_fingerprint, fingerprint
+from nodule.paths import write_text_atomic
 from nodule.training.checkpoints import best_checkpoint
 
 FUSIONS = ("committee", "late", "mixed")
+RUN_FILE = "run.json"
 
 
 def _nodule(args: list[str]) -> None:
@@ -45,9 +54,51 @@ def _nodule(args: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _write_uids(path: Path, uids: list[str]) -> Path:
-    path.write_text("".join(f"{u}\n" for u in uids))
-    return path
+def run_params(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    """What shapes a variant's run folder: config content, overrides, data roots, variant."""
+    return {
+        "config": file_fingerprint(args.config),
+        "overrides": list(args.override),
+        "root": str(args.root.resolve()),
+        "external": str(args.external.resolve()) if args.external is not None else None,
+        "variant": variant,
+    }
+
+
+def claim_run(run: Path, params: dict[str, Any]) -> None:
+    """Record ``params`` and their fingerprint in ``run/run.json``, or check them against it.
+
+    Raises:
+        FingerprintMismatch: the run folder was made with other parameters.
+        ValueError: it holds files but no ``run.json`` (what made them is unknown).
+    """
+    record = run / RUN_FILE
+    if record.is_file():
+        old = json.loads(record.read_text())
+        check_fingerprint(run, "a training run", old["params"], params, old.get("fingerprint"))
+        return
+    if run.is_dir() and any(run.iterdir()):
+        raise ValueError(
+            f"{run} holds files but no {RUN_FILE}: cannot tell which configuration, overrides "
+            "and data made them; use another --out, or remove the folder to start over"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record, json.dumps({"fingerprint": fingerprint(params), "params": params}, indent=1) + "\n")
+
+
+def _marker(result: Path) -> Path:
+    return result.with_name(result.name + ".done")
+
+
+def is_done(result: Path) -> bool:
+    """Whether ``result`` is complete: its ``.done`` marker holds the fingerprint of its bytes."""
+    marker = _marker(result)
+    return result.is_file() and marker.is_file() and marker.read_text().strip() == file_fingerprint(result)
+
+
+def mark_done(result: Path) -> None:
+    """Mark a complete ``result`` done (after the step that wrote it succeeded)."""
+    write_text_atomic(_marker(result), file_fingerprint(result) + "\n")
 
 
 def _evaluate(submission: Path, root: Path, uids: list[str], out: Path, bootstrap: int) -> dict[str, Any]:
@@ -60,7 +111,7 @@ def _evaluate(submission: Path, root: Path, uids: list[str], out: Path, bootstra
         root / "annotations.csv",
         out,
         excluded=excluded if excluded.exists() else None,
-        seriesuids=_write_uids(out / "seriesuids.csv", uids),
+        seriesuids=write_seriesuids(out / "seriesuids.csv", uids),
         bootstrap=bootstrap,
     )
     return {
@@ -78,7 +129,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from nodule.data.luna16 import read_folds
 
     run = args.out / variant
-    run.mkdir(parents=True, exist_ok=True)
+    claim_run(run, run_params(args, variant))
     ckpts = run / "checkpoints"
     common = [
         "--config",
@@ -95,26 +146,28 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     if not (run / "fit.done").exists():
         resume = [f"--ckpt_path={ckpts / 'last.ckpt'}"] if (ckpts / "last.ckpt").exists() else []
         _nodule(["fit", *common, *data, *resume])
-        (run / "fit.done").write_text("")
+        write_text_atomic(run / "fit.done", "")
     best = best_checkpoint(ckpts)
     figures: dict[str, Any] = {"variant": variant, "checkpoint": str(best)}
 
     folds = read_folds(args.root / "folds")
     test_uids = [u for k in args.test_folds for u in folds[k]]
     test_sub = run / "test_submission.csv"
-    if not test_sub.exists():
+    if not is_done(test_sub):
         _nodule(["predict", *common, *data, f"--ckpt_path={best}", f"--submission.output={test_sub}"])
+        mark_done(test_sub)
     figures["test"] = _evaluate(test_sub, args.root, test_uids, run / "test_eval", args.bootstrap)
 
     if args.external is not None:
         ext_sub = run / "external_submission.csv"
-        if not ext_sub.exists():
+        if not is_done(ext_sub):
             ext_folds = read_folds(args.external / "folds")
             ext = [
                 f"--data.init_args.root={args.external}",
                 f"--data.init_args.predict_folds=[{','.join(str(k) for k in sorted(ext_folds))}]",
             ]
             _nodule(["predict", *common, *ext, f"--ckpt_path={best}", f"--submission.output={ext_sub}"])
+            mark_done(ext_sub)
         ext_uids = [u for uids in read_folds(args.external / "folds").values() for u in uids]
         figures["external"] = _evaluate(ext_sub, args.external, ext_uids, run / "external_eval", args.bootstrap)
     return figures
@@ -163,8 +216,8 @@ def main() -> None:
     results = []
     for variant in args.variants:
         results.append(run_variant(args, variant))
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        (args.out / "results.md").write_text(_table(results))
+        write_text_atomic(args.out / "results.json", json.dumps(results, indent=1))
+        write_text_atomic(args.out / "results.md", _table(results))
     print(_table(results))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -258,3 +260,198 @@ def test_scheduler_gets_run_length_when_not_configured() -> None:
     assert not needs_total_steps(make(one_cycle, max_lr=0.01, epochs=2, steps_per_epoch=3))
     assert not needs_total_steps(make(torch.optim.lr_scheduler.StepLR, step_size=1))
     assert not needs_total_steps(torch.optim.lr_scheduler.StepLR)
+
+
+# --------------------------------------------------------------------------- stale state
+
+
+def write_small_set(root: Path, annotate: bool = True) -> Path:
+    """Two 24 mm scans (folds 0 and 1), each with one bright nodule and three candidates."""
+    from nodule.data.luna16 import write_annotations, write_candidates, write_folds
+    from nodule.io import Volume, write_volume
+
+    rng = np.random.default_rng(0)
+    nodules, candidates = [], []
+    for k in range(2):
+        uid = f"1.2.3.{k}"
+        array = rng.normal(-800, 20, (24, 24, 24)).astype(np.int16)
+        array[10:14, 10:14, 10:14] = 40
+        write_volume(Volume(array=array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)), root / f"subset{k}" / f"{uid}.mhd")
+        nodules.append([uid, 11.5, 11.5, 11.5, 6.0])
+        candidates += [[uid, 11.5, 11.5, 11.5, 1], [uid, 5.0, 5.0, 5.0, 0], [uid, 18.0, 6.0, 12.0, 0]]
+        write_folds(root / "folds", {k: [uid]})
+    if annotate:
+        write_annotations(pd.DataFrame(nodules, columns=[*COLS, "diameter_mm"]), root / "annotations.csv")
+    write_candidates(pd.DataFrame(candidates, columns=[*COLS, "class"]), root / "candidates.csv")
+    return root
+
+
+def small_module(root: Path, cache: Path, **kwargs: object) -> Luna16DataModule:
+    return Luna16DataModule(
+        root,
+        train_folds=[0],
+        val_folds=[1],
+        cache_dir=cache,
+        patch=PatchConfig(n_views=3, size_px=8, fov_mm=12.0),
+        augmentation=None,
+        progress=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_default_cache_dir_depends_on_views_via_cube(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    dm = Luna16DataModule(tmp_path, train_folds=[0])
+    cube = dm._default_cache_dir()
+    dm.cache_config = replace(dm.cache_config, views_via_cube=False)
+    assert dm._default_cache_dir() != cube
+    dm.cache_config = replace(dm.cache_config, views_via_cube=True, compress=True)
+    assert dm._default_cache_dir() == cube  # compression does not shape the arrays
+
+
+def test_explicit_annotations_path_must_exist(tmp_path: Path) -> None:
+    root = write_small_set(tmp_path / "set")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
+        small_module(root, tmp_path / "cache", annotations=tmp_path / "nowhere.csv")
+
+
+def test_fit_without_positives_names_the_annotations(tmp_path: Path) -> None:
+    root = write_small_set(tmp_path / "set", annotate=False)
+    # no annotations.csv at all: fine to predict, not to fit
+    dm = small_module(root, tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("predict")
+    with pytest.raises(ValueError, match="no positives") as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert str(root / "annotations.csv") in message and "0 rows" in message and "does not exist" in message
+    assert "training folds [0]" in message and "3 training candidates" in message
+    # annotations of other scans only: no positive in training either
+    other = tmp_path / "other.csv"
+    pd.DataFrame([["9.9.9", 1.0, 1.0, 1.0, 6.0]], columns=[*COLS, "diameter_mm"]).to_csv(other, index=False)
+    dm = small_module(root, tmp_path / "cache", annotations=other)
+    with pytest.raises(ValueError, match=r"other.csv \(1 rows; 0 on the training scans\)"):
+        dm.setup("fit")
+    # with the annotations, fitting is set up
+    write_small_set(root)
+    dm = small_module(root, tmp_path / "cache2")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.datasets["train"].labels.sum() == 2  # the candidate and the annotated centre
+
+
+class _PredictTrainer:
+    """What SubmissionWriter reads of a trainer."""
+
+    is_global_zero = True
+
+    def __init__(self, root: Path, candidates: pd.DataFrame) -> None:
+        self.default_root_dir = str(root)
+        tables = type("Tables", (), {"candidates": candidates})()
+        self.datamodule = type("DM", (), {"evaluation_tables": lambda self, split: tables})()
+
+
+def test_submission_writer_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodule.data.luna16 import read_submission
+    from nodule.training import callbacks
+
+    candidates = pd.DataFrame(
+        {"seriesuid": ["a"] * 4, "coordX": [1.0, 2.0, 3.0, 4.0], "coordY": 0.0, "coordZ": 0.0},
+        index=pd.Index([0, 1, 2, 3], name="candidate_id"),
+    )
+    trainer = _PredictTrainer(tmp_path, candidates)
+    output = tmp_path / "submission.csv"
+
+    def predict(writer: callbacks.SubmissionWriter) -> None:
+        writer.on_predict_epoch_start(trainer, None)  # type: ignore[arg-type]
+        prediction = {"candidate_id": torch.arange(4), "probability": torch.tensor([0.1, 0.9, 0.5, 0.2])}
+        writer.write_on_batch_end(trainer, None, prediction, None, None, 0, 0)  # type: ignore[arg-type]
+        writer.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
+
+    real_write = callbacks.write_submission
+
+    def half_then_fail(table: pd.DataFrame, path: Path) -> Path:
+        real_write(table.iloc[:2], path)  # what an interrupted write leaves
+        raise OSError("disk full")
+
+    monkeypatch.setattr(callbacks, "write_submission", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        predict(callbacks.SubmissionWriter(output))
+    assert not output.exists() and not list(tmp_path.glob("*submission*"))
+    monkeypatch.setattr(callbacks, "write_submission", real_write)
+    writer = callbacks.SubmissionWriter(output)
+    predict(writer)
+    assert writer.written == output and len(read_submission(output)) == 4
+
+
+def _script(name: str) -> Any:
+    import importlib.util
+
+    from nodule.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_synth_redoes_partial_submissions_and_refuses_other_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from nodule.data.luna16 import write_folds
+
+    script = _script("train_synth")
+    root = tmp_path / "set"
+    write_folds(root / "folds", {8: ["a"], 9: ["b"]})
+    config = tmp_path / "config.yaml"
+    config.write_text("seed_everything: 0\n")
+    calls: list[str] = []
+
+    def nodule(args: list[str]) -> None:
+        calls.append(args[0])
+        for arg in args:
+            if arg.startswith("--submission.output="):
+                Path(arg.split("=", 1)[1]).write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,2,3,0.5\n")
+
+    monkeypatch.setattr(script, "_nodule", nodule)
+    monkeypatch.setattr(script, "best_checkpoint", lambda folder: folder / "best.ckpt")
+    monkeypatch.setattr(script, "_evaluate", lambda *a: {"cpm": 0.5})
+
+    def args(**overrides: object) -> argparse.Namespace:
+        values: dict[str, object] = dict(
+            root=root, config=config, out=tmp_path / "out", override=[], external=None, test_folds=[8, 9], bootstrap=0
+        )
+        return argparse.Namespace(**{**values, **overrides})
+
+    script.run_variant(args(), "late")
+    assert calls == ["fit", "predict"]
+    run = tmp_path / "out" / "late"
+    sub = run / "test_submission.csv"
+    calls.clear()
+    script.run_variant(args(), "late")  # everything done: nothing runs again
+    assert calls == []
+    # a half-written submission (as the old in-place writer left) is not taken for done
+    sub.write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,2")
+    script.run_variant(args(), "late")
+    assert calls == ["predict"] and script.is_done(sub)
+    (run / "test_submission.csv.done").unlink()
+    assert not script.is_done(sub)
+    # the run folder records its fingerprint; other overrides, data or config are refused
+    with pytest.raises(ValueError, match=r"overrides: \[\] -> \[\"--trainer.max_epochs=3\"\]"):
+        script.run_variant(args(override=["--trainer.max_epochs=3"]), "late")
+    with pytest.raises(ValueError, match="root: "):
+        script.run_variant(args(root=tmp_path / "other"), "late")
+    config.write_text("seed_everything: 1\n")
+    with pytest.raises(ValueError, match=re.escape(str(run))):
+        script.run_variant(args(), "late")
+    # a run folder of unknown origin (no run.json) is refused too
+    (tmp_path / "out" / "mixed").mkdir()
+    (tmp_path / "out" / "mixed" / "fit.done").write_text("")
+    with pytest.raises(ValueError, match=r"no run\.json"):
+        script.run_variant(args(), "mixed")

@@ -30,6 +30,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from nodule.data.luna16 import write_submission
 from nodule.evaluation.froc import FALSE_POSITIVE, FrocResult
 from nodule.evaluation.report import plot_froc
+from nodule.paths import atomic_path
 from nodule.training.classifier import Evaluation, HasEvaluationTables, gather_objects
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED
 
@@ -60,6 +61,9 @@ def submission_table(candidates: pd.DataFrame, probabilities: pd.Series) -> pd.D
 
 class SubmissionWriter(BasePredictionWriter):
     """Writes the predictions of ``nodule predict`` as a LUNA16 submission CSV.
+
+    The CSV is written to a temporary file beside the output and renamed into place
+    (:func:`~nodule.paths.atomic_path`): the output exists only once it is complete.
 
     Args:
         output: the CSV to write; default ``<trainer.default_root_dir>/submission.csv``.
@@ -107,7 +111,9 @@ class SubmissionWriter(BasePredictionWriter):
             raise RuntimeError("SubmissionWriter needs a data module with evaluation_tables()")
         table = submission_table(datamodule.evaluation_tables("predict").candidates, series)
         output = Path(self.output or Path(trainer.default_root_dir) / "submission.csv").expanduser()
-        self.written = write_submission(table, output)
+        with atomic_path(output) as part:  # a failed write leaves no half submission
+            write_submission(table, part)
+        self.written = output
         rank_zero_info(f"submission of {len(table)} candidates -> {self.written}")
 
 

@@ -272,8 +272,9 @@ class Luna16DataModule(pl.LightningDataModule):
         candidates: candidates CSV: LUNA16 candidates (``seriesuid, coordX, coordY, coordZ,
             class``) or a submission-like table (``..., probability``, as written by
             ``nodule candidates``), extra columns kept; default ``root/candidates.csv``.
-        annotations: default ``root/annotations.csv`` (none: every candidate is labelled 0,
-            e.g. to predict on unannotated scans).
+        annotations: default ``root/annotations.csv`` (if that does not exist, every
+            candidate is labelled 0, e.g. to predict on unannotated scans; fitting then
+            fails for want of positives). A path given here must exist.
         excluded: default ``root/annotations_excluded.csv`` when it exists.
         folds: folder of ``subsetK.csv`` lists; default ``root/folds``, else the
             ``subsetK`` folders of the images.
@@ -327,6 +328,8 @@ class Luna16DataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser()
         self.candidates_path = _expand(candidates) or self.root / "candidates.csv"
         self.annotations_path = _expand(annotations) or self.root / "annotations.csv"
+        if annotations is not None and not self.annotations_path.is_file():
+            raise FileNotFoundError(f"no annotations table at {self.annotations_path}")
         default_excluded = self.root / "annotations_excluded.csv"
         self.excluded_path = _expand(excluded) or (
             default_excluded if default_excluded.exists() else None
@@ -371,10 +374,13 @@ class Luna16DataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ tables
 
     def _default_cache_dir(self) -> Path:
+        """``$NODULE_CACHE/patches/<data set>-<hash of its paths>/<geometry>-<fingerprint>``,
+        the fingerprint of every cache setting that shapes the stored arrays."""
         key = hashlib.sha1(f"{self.root.resolve()}|{self.candidates_path.resolve()}".encode())
         c = self.cache_config
         p = c.patch
         name = f"v{p.n_views}_px{p.size_px}_fov{p.fov_mm:g}_cube{c.cube_size}_{c.cubes_for}"
+        name += f"-{c.fingerprint()}"
         return default_cache_root("patches", f"{self.root.name}-{key.hexdigest()[:10]}") / name
 
     def tables(self) -> dict[str, Any]:
@@ -456,8 +462,32 @@ class Luna16DataModule(pl.LightningDataModule):
             return ["predict"]
         return ["train", "val", "test", "predict"]
 
+    def check_training_positives(self) -> None:
+        """Refuse to train on a split without positives (e.g. a wrong annotations path).
+
+        Raises:
+            ValueError: the training candidates have no positive, naming the annotations
+                file and its row count, the training folds and the number of candidates.
+        """
+        rows = self.split_candidates("train")
+        if int((rows[LABEL] == 1).sum()):
+            return
+        annotations = self.tables()["annotations"]
+        uids = set(self.split_seriesuids("train"))
+        state = "" if self.annotations_path.is_file() else ", the file does not exist"
+        raise ValueError(
+            f"no positives to train on: annotations {self.annotations_path} ({len(annotations)} "
+            f"rows{state}; {int(annotations['seriesuid'].isin(uids).sum())} on the training "
+            f"scans), training folds {self.fold_lists['train']} ({len(uids)} scans with an "
+            f"image), {len(rows)} training candidates"
+        )
+
     def prepare_data(self) -> None:
-        """Build (or complete) the patch cache of every configured split's candidates."""
+        """Build (or complete) the patch cache of every configured split's candidates
+        (when a trainer is fitting, first :meth:`check_training_positives`)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            self.check_training_positives()
         scans = self.tables()["scans"]
         splits: tuple[Split, ...] = ("train", "val", "test", "predict")
         parts = [self.split_candidates(split) for split in splits]
@@ -474,8 +504,16 @@ class Luna16DataModule(pl.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the cached patches of the splits ``stage`` needs."""
-        index = CacheIndex.load(self.cache_path)
+        """Load the cached patches of the splits ``stage`` needs.
+
+        Raises:
+            ValueError: ``stage`` is ``fit`` and the training split has no positives
+                (:meth:`check_training_positives`), or the cache was built with other
+                settings.
+        """
+        if stage == "fit":
+            self.check_training_positives()
+        index = CacheIndex.load(self.cache_path, expected=self.cache_config)
         for split in self._needed_splits(stage):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(index, split)
