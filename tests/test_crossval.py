@@ -112,10 +112,12 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(crossval, "lightning_main", counting)
     kwargs: dict[str, Any] = dict(
-        folds="0-2", out=out, external=[external], bootstrap=20, ranker=ranker, overrides=FAST
+        folds="0-2", out=out, external=[external], bootstrap=20, ranker=ranker, overrides=FAST,
+        final_model=True,
     )
     summary = run_crossval(TINY, root, **kwargs)
-    assert calls.count("fit") == 3 and calls.count("predict") == 3 + 3  # folds, then external
+    # three folds and the final model; each fold's prediction, then the external set's
+    assert calls.count("fit") == 3 + 1 and calls.count("predict") == 3 + 3 + 1
 
     # Layout: per fold checkpoints, predictions and fold.json; pooled predictions; summary.
     candidates = pd.read_csv(root / "candidates.csv")
@@ -128,7 +130,9 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
         assert record["seed"] == k
         fold = pd.read_csv(out / f"fold_{k}" / "predictions.csv")
         assert set(fold["seriesuid"]) == {f"1.2.826.0.1.0.{k}.{j}" for j in range(2)}
-    assert len({r["init_state_sha256"] for r in records}) == 3  # a fresh model a fold
+    final = json.loads((out / "final" / "fold.json").read_text())
+    assert final["train_folds"] == [0, 1, 2] and final["val_fold"] is None and final["seed"] == 10
+    assert len({r["init_state_sha256"] for r in [*records, final]}) == 4  # a fresh model each
     pooled = pd.read_csv(out / "predictions.csv")
     assert len(pooled) == len(candidates)
     saved = json.loads((out / "summary.json").read_text())
@@ -137,6 +141,7 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
     assert [r["name"] for r in saved["per_fold"]] == ["fold_0", "fold_1", "fold_2"]
     ext = saved["external"]["ext"]
     assert ext["ensemble"]["n_scans"] == 2 and ext["ensemble"]["bootstrap_unit"] == "scan"
+    assert ext["final_model"]["n_scans"] == 2
     assert (out / "external" / "ext" / "predictions.csv").is_file()
     assert saved["fold_assignment"]["1"] == ["1.2.826.0.1.0.1.0", "1.2.826.0.1.0.1.1"]
     assert "MultiStreamNet" in saved["config"]["text"] and saved["wall_time_s"] > 0
@@ -147,7 +152,7 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
         for record in wandb_records(run_dir):
             if record.WhichOneof("record_type") == "run":  # type: ignore[attr-defined]
                 runs[record.run.display_name] = record.run.run_group  # type: ignore[attr-defined]
-    assert runs == {"fold_0": "run", "fold_1": "run", "fold_2": "run", "summary": "run"}
+    assert runs == {n: "run" for n in ("fold_0", "fold_1", "fold_2", "final", "summary")}
 
     # The report: self-contained, with the tables, thumbnails and the pooled CPM.
     page = (out / "report.html").read_text()
