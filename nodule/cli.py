@@ -287,7 +287,7 @@ def split_make(
 
 
 def crossval(
-    config: Path,
+    lightning_config: Path,
     data: Path,
     folds: str | list[int] = "0-9",
     out: Path | None = None,
@@ -304,8 +304,12 @@ def crossval(
     a fresh model a fold, the next fold validating, every fold's predictions pooled and
     evaluated once; resumable; writes summary.json, report.html and report.md.
 
+    Usage: ``nodule crossval --config configs/crossval_cpu.yaml --data DIR [--folds 0-9]
+    [--out RUN_DIR] [--external DIR ...]`` (``--config`` stands for ``--lightning_config``).
+
     Args:
-        config: LightningCLI configuration (e.g. configs/crossval_cpu.yaml).
+        lightning_config: LightningCLI configuration (e.g. configs/crossval_cpu.yaml), given
+            as --config.
         data: LUNA16-layout set with candidates.csv, annotations.csv, folds/.
         folds: folds to cross-validate: 0-9, 0,2,5 or a list (at least three).
         out: run folder (default $NODULE_CACHE/runs/crossval/<config>-<data>).
@@ -321,7 +325,7 @@ def crossval(
     from nodule.evaluation.crossval import run_crossval
 
     run_crossval(
-        config=config, data=data, folds=folds, out=out, external=external or [], split=split,
+        config=lightning_config, data=data, folds=folds, out=out, external=external or [], split=split,
         dataset=dataset, final_model=final_model, bootstrap=bootstrap, seed=seed, ranker=ranker,
         overrides=overrides or [],
     )
@@ -389,23 +393,33 @@ def _positional_inputs(args: list[str]) -> list[str]:
         return [*args[:start], option, json.dumps(args[start:n]), *args[n:]]
     return args
 
+
 REPEATABLE: dict[tuple[str, ...], tuple[str, ...]] = {
     ("crossval",): ("--external", "--overrides"),
 }
 """List options of commands that may be given once a value (``--external A --external B``)."""
+ALIASES: dict[tuple[str, ...], dict[str, str]] = {
+    ("crossval",): {"--config": "--lightning_config"},
+}
+"""Options given under another name: jsonargparse keeps ``--config`` for configuration files
+and drops a command parameter named ``config``."""
 
 
 def _repeated_options(args: list[str]) -> list[str]:
     """``--external A --external B`` -> ``--external+ A --external+ B`` (and ``--overrides=V``
-    -> ``--overrides+=V``) for the :data:`REPEATABLE` options; a JSON list (``[A, B]``) is kept."""
+    -> ``--overrides+=V``) for the :data:`REPEATABLE` options, a JSON list (``[A, B]``) kept;
+    and the :data:`ALIASES` (``nodule crossval --config C`` -> ``--lightning_config C``)."""
     for command, options in REPEATABLE.items():
         if tuple(args[: len(command)]) != command:
             continue
+        aliases = ALIASES.get(command, {})
         out = list(args[: len(command)])
         rest = iter(args[len(command) :])
         for arg in rest:
             name, eq, value = arg.partition("=")
-            if name in options and eq and not value.startswith("["):
+            if name in aliases:
+                out.append(aliases[name] + eq + value)
+            elif name in options and eq and not value.startswith("["):
                 out.append(f"{name}+={value}")
             elif arg in options:
                 value = next(rest, "")

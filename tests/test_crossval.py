@@ -91,10 +91,17 @@ def test_patient_in_train_and_test_is_refused(env: Path) -> None:
 
 
 def test_ranker_trained_on_the_data_is_refused(env: Path) -> None:
+    from nodule.cli import main
+
     root = write_tiny_luna16(env / "tiny", scans_per_fold=1, folds=3, seed=6)
     ranker = _ranker(env / "ranker.json", ["1.2.826.0.1.6.1.0", "other"])
     with pytest.raises(CrossvalError, match=r"ranker was trained on 1 scans of .*1\.2\.826\.0\.1\.6\.1\.0"):
         run_crossval(TINY, root, folds="0-2", out=env / "run", ranker=ranker, bootstrap=0)
+    # the same through the command line (--config, --folds 0,1,2, a repeated --external)
+    args = ["crossval", "--config", str(TINY), "--data", str(root), "--folds", "0,1,2"]
+    args += ["--external", str(root), "--external", str(root), "--ranker", str(ranker)]
+    with pytest.raises(CrossvalError, match="ranker was trained on 1 scans"):
+        main(args)
 
 
 @pytest.mark.slow

@@ -620,6 +620,9 @@ def run_crossval(
     start = time.perf_counter()
     config = Path(config).expanduser().resolve()
     root = Path(data).expanduser().resolve()
+    for path, what in ((config, "configuration"), (root / "candidates.csv", "candidates table")):
+        if not path.is_file():
+            raise FileNotFoundError(f"no {what} at {path}")
     fold_list = parse_folds(folds)
     plans = plan_folds(fold_list)
     run_dir = (
