@@ -6,17 +6,20 @@ Stages (each prints a short summary and writes under ``out``):
    checked against the real LUNA16 ``annotations.csv``.
 2. Evaluation: a seeded sample submission over the real LUNA16 tables, scored by the
    LUNA16-exact evaluator (FROC, CPM, bootstrap CI).
-3. Synthetic set: ``small`` chest CT phantoms with LIDC-shaped nodules (``nodule synth``),
-   from a demo-sized LIDC shape bank.
-4. External set: nodules inserted into the real CT (``nodule insert``), with its known
-   finding excluded.
-5. Candidate stage (``nodule candidates``) on both sets: sensitivity and candidates per
-   scan, scored by the evaluator with every detection kept, and a picture.
+3. Synthetic set: the split's ``demo_synth`` data set (``small`` chest CT phantoms with
+   LIDC-shaped nodules, ``nodule split make demo_synth``).
+4. External sets, from the test-only real scans of the split: ``demo_external``, held-out
+   LIDC shapes inserted into LIDC-IDRI-0001 with its real LUNA16 findings excluded, and
+   ``real_lidc``, the two real LIDC scans with the real LUNA16 tables.
+5. Candidate stage (``nodule candidates``) on the three sets: sensitivity and candidates
+   per scan, scored by the evaluator with every detection kept, and a picture.
 6. Training (``nodule fit --config configs/demo.yaml``, the same LightningCLI path) of a
    small multistream CNN on the synthetic set's candidates, for a bounded time; then
    ``nodule test`` with the best checkpoint (test CPM, its bootstrap 95% CI, the test
    nodules it rests on and the candidate stage's ceiling) and ``nodule predict`` on the
-   external set's candidates, scored by the same evaluator.
+   external sets' candidates, scored by the same evaluator (the inserted set's CI
+   resamples nodules: it is one patient's anatomy; the real scans' figure is their false
+   positives per scan and the real nodule's rank, never pooled with the synthetic one).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ if TYPE_CHECKING:
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 """The LightningCLI configuration of the demo's training stage."""
-DEMO_SYNTH_SCANS = 30
-"""Small synthetic scans of the demo: three per subset, so validation (subsets 6-7) and
-test (8-9) have a few nodules each."""
+DEMO_SETS = {"synthetic": "demo_synth", "external": "demo_external", "real": "real_lidc"}
+"""The demo's data sets, by the split description's names (configs/splits/default.yaml):
+30 small scans (subsets 0-5 train, 6-7 validate, 8-9 test), 2 variants of LIDC-IDRI-0001
+with inserted nodules, and the two real LIDC scans."""
 DEMO_MAX_TIME = "00:00:05:00"
 """Safety bound of the demo's training time (``trainer.max_time``); ``configs/demo.yaml``'s
 epochs take about 2-3 minutes on 2 free cores."""
@@ -85,7 +89,9 @@ def sample_evaluation_stage(out: Path, seed: int) -> None:
     print(f"report: {out / 'summary.txt'}, plot: {out / 'froc.png'}")
 
 
-DEMO_SHAPE_PATIENTS = 40
+def _scan_path(dataset: Path, uid: str) -> Path:
+    """The image of scan ``uid`` in a LUNA16-layout set (``.mhd`` file or DICOM folder)."""
+    return next(p for p in dataset.glob(f"subset*/{uid}*") if p.suffix == ".mhd" or p.is_dir())
 
 
 def _picture_of_first_scan_with_nodules(dataset: Path, path: Path) -> Path | None:
@@ -99,7 +105,7 @@ def _picture_of_first_scan_with_nodules(dataset: Path, path: Path) -> Path | Non
     if nodules.empty:
         return None
     uid = str(nodules["seriesuid"].iloc[0])
-    image = next(dataset.glob(f"subset*/{uid}.mhd"))
+    image = _scan_path(dataset, uid)
     rows = nodules[nodules["seriesuid"] == uid].assign(label=nodules.get("nodule_type", "nodule"))
     return render_findings(read_volume(image), rows, path)
 
@@ -133,40 +139,41 @@ def _report_dataset(dataset: Path, title: str) -> Path:
     return dataset
 
 
-def synth_stage(out: Path, seed: int, scans: int = 10) -> Path:
-    """Generate a small synthetic set, print its summary and a picture path."""
-    from nodule.data.synth import run_synth
+def synth_stage(out: Path) -> Path:
+    """Make the split's small synthetic demo set; print its summary and a picture path."""
+    from nodule.data.sets import make_dataset
+    from nodule.data.splits import load_split
 
-    run_synth(
-        out=out,
-        scans=scans,
-        seed=seed,
-        preset="small",
-        jobs=2,
-        shape_patients=DEMO_SHAPE_PATIENTS,
-        progress=False,
+    split = load_split()
+    make_dataset(split, DEMO_SETS["synthetic"], root=out, jobs=2, progress=False)
+    return _report_dataset(out, f"synthetic set {DEMO_SETS['synthetic']} ({split.tag}): {out}")
+
+
+def external_stage(out: Path) -> tuple[Path, Path]:
+    """Make the split's external demo sets from its test-only real scans: held-out shapes
+    inserted into LIDC-IDRI-0001, and the two real LIDC scans; print their summaries."""
+    import pandas as pd
+
+    from nodule.data.sets import make_dataset
+    from nodule.data.splits import load_split
+
+    split = load_split()
+    inserted = make_dataset(split, DEMO_SETS["external"], root=out / "external", jobs=2, progress=False)
+    background = split.dataset(DEMO_SETS["external"]).params["background"]
+    _report_dataset(
+        inserted,
+        f"external set {DEMO_SETS['external']}: held-out LIDC shapes inserted into {background} "
+        f"(one real patient's anatomy; its real LUNA16 findings are excluded regions): {inserted}",
     )
-    return _report_dataset(out, f"synthetic set: {out}")
-
-
-def insert_stage(out: Path, seed: int, scans: int = 2) -> Path:
-    """Insert held-out LIDC shapes into variants of the real CT; print the summary and a picture."""
-    from nodule.data.insert import build_insert_dataset
-    from nodule.data.shapes import load_shape_bank
-    from nodule.paths import REPO_ROOT, real_ct_dir
-
-    bank = load_shape_bank("insert", max_patients=DEMO_SHAPE_PATIENTS, jobs=2)
-    build_insert_dataset(
-        real_ct_dir(),
-        out,
-        scans=scans,
-        seed=seed,
-        excluded=REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv",
-        bank=bank,
+    real = make_dataset(split, DEMO_SETS["real"], root=out / "real", progress=False)
+    names = ", ".join(split.real_scan(u).name for u in split.scans(DEMO_SETS["real"])["seriesuid"])
+    nodules = len(pd.read_csv(real / "annotations.csv"))
+    excluded = len(pd.read_csv(real / "annotations_excluded.csv"))
+    print(
+        f"real scans {DEMO_SETS['real']}: {names} (test-only), reference standard the real LUNA16 "
+        f"tables: {nodules} nodule(s), {excluded} excluded findings: {real}"
     )
-    return _report_dataset(
-        out, f"external set (one real patient's anatomy, {scans} variants): {out}"
-    )
+    return inserted, real
 
 
 def candidate_stage(dataset: Path, out: Path, name: str) -> None:
@@ -204,7 +211,7 @@ def candidate_stage(dataset: Path, out: Path, name: str) -> None:
         if len(annotations)
         else str(batch.candidates["seriesuid"].iloc[0])
     )
-    image = next(dataset.glob(f"subset*/{uid}.mhd"))
+    image = _scan_path(dataset, uid)
     picture = render_candidates(
         read_volume(image),
         batch.candidates[batch.candidates["seriesuid"] == uid],
@@ -243,29 +250,26 @@ def training_stage(
     seed: int,
     max_time: str = DEMO_MAX_TIME,
     extra: tuple[str, ...] = (),
+    real: Path | None = None,
 ) -> dict[str, object]:
     """Train, test and predict with LightningCLI (``configs/demo.yaml``); print the CPMs.
 
     Args:
         synth: the synthetic LUNA16-layout set (train, validation and test folds).
-        external: the external set (predicted only).
-        candidates: folder of ``synthetic_candidates.csv`` and ``external_candidates.csv``.
+        external: the external set of inserted nodules (predicted only).
+        candidates: folder of ``synthetic_candidates.csv``, ``external_candidates.csv`` and
+            ``real_candidates.csv``.
         out: run folder (checkpoints, W&B offline run, submissions).
         seed: seed of the training run.
         max_time: upper bound of the training time (``DD:HH:MM:SS``).
         extra: further LightningCLI arguments of every run (fit, test, predict), e.g. other
             folds or a smaller model in tests.
+        real: the real scans' set (predicted only), or None.
 
     Returns:
-        ``best_checkpoint``, ``test`` (the test FROC result) and ``external`` (its FROC
-        result, or None when the external set is absent).
+        ``best_checkpoint``, ``test`` (the test FROC result), ``external`` and ``real``
+        (their FROC results, or None when the set is absent).
     """
-    from nodule.data.luna16 import (
-        read_annotations,
-        read_excluded,
-        read_seriesuids,
-        read_submission,
-    )
     from nodule.evaluation.froc import evaluate_froc
     from nodule.training.cli import lightning_main
 
@@ -317,46 +321,62 @@ def training_stage(
     print(_froc_line(test_result, "synthetic test set", every.n_hits))
     result: dict[str, object] = {"best_checkpoint": best, "test": test_result}
     result["external"] = None
-    external_candidates = candidates / "external_candidates.csv"
-    if not (external / "annotations.csv").is_file() or not external_candidates.is_file():
-        return result
-    folds = sorted(
-        int(p.name.removeprefix("subset")) for p in external.glob("subset*") if p.is_dir()
-    )
-    submission = out / "external_submission.csv"
+    result["real"] = None
+    for name, dataset in (("external", external), ("real", real)):
+        if dataset is None or not (dataset / "annotations.csv").is_file():
+            continue
+        if not (candidates / f"{name}_candidates.csv").is_file():
+            continue
+        result[name] = _predict_and_score(dataset, candidates / f"{name}_candidates.csv", out, name, base, best, seed)
+    return result
+
+
+def _predict_and_score(
+    dataset: Path, candidates: Path, out: Path, name: str, base: list[str], checkpoint: str, seed: int
+) -> FrocResult:
+    """``nodule predict`` with the checkpoint on every scan of an external set, scored by the
+    evaluator: its CPM with the bootstrap its kind needs (nodules for a one-patient inserted
+    set), and for real scans their false positives per scan and the real nodules' ranks."""
+    from nodule.data.luna16 import read_annotations, read_excluded, read_seriesuids, read_submission
+    from nodule.evaluation.froc import evaluate_froc
+    from nodule.evaluation.real_scans import format_real_scan_figures, real_scan_figures
+    from nodule.evaluation.report import bootstrap_unit_for
+    from nodule.training.cli import lightning_main
+
+    folds = sorted(int(p.name.removeprefix("subset")) for p in dataset.glob("subset*") if p.is_dir())
+    submission = out / f"{name}_submission.csv"
     lightning_main(
         [
             "predict",
             *base,
-            f"--data.init_args.root={external}",
-            f"--data.init_args.candidates={external_candidates}",
+            f"--data.init_args.root={dataset}",
+            f"--data.init_args.candidates={candidates}",
+            "--data.init_args.dataset=null",
             "--data.init_args.train_folds=[]",
             "--data.init_args.val_folds=[]",
             "--data.init_args.test_folds=[]",
             f"--data.init_args.predict_folds={folds}",
             "--trainer.logger=false",
             f"--submission.output={submission}",
-            f"--ckpt_path={best}",
+            f"--ckpt_path={checkpoint}",
         ]
     )
-    tables_external = (
-        read_annotations(external / "annotations.csv"),
-        read_excluded(external / "annotations_excluded.csv"),
-        read_seriesuids(external / "seriesuids.csv"),
+    tables = (
+        read_annotations(dataset / "annotations.csv"),
+        read_excluded(dataset / "annotations_excluded.csv"),
+        read_seriesuids(dataset / "seriesuids.csv"),
     )
     predictions = read_submission(submission)
-    external_result = evaluate_froc(predictions, *tables_external, n_bootstrap=1000, seed=seed)
-    every = evaluate_froc(predictions, *tables_external, max_marks_per_scan=None)
-    print(
-        _froc_line(
-            external_result,
-            "external set (inserted nodules, one real patient's anatomy)",
-            every.n_hits,
-        )
-    )
-    print(f"external submission: {submission}")
-    result["external"] = external_result
-    return result
+    unit = bootstrap_unit_for(dataset)
+    scored = evaluate_froc(predictions, *tables, n_bootstrap=1000, seed=seed, bootstrap_unit=unit)
+    every = evaluate_froc(predictions, *tables, max_marks_per_scan=None)
+    if name == "real":
+        print(format_real_scan_figures(real_scan_figures(every), "real LIDC scans (real LUNA16 tables)"))
+    else:
+        what = "external set (inserted nodules, one real patient's anatomy; CI resamples nodules)" if unit == "nodule" else "external set"
+        print(_froc_line(scored, what, every.n_hits))
+    print(f"{name} submission: {submission}")
+    return scored
 
 
 def run_demo(out: Path, seed: int = 0) -> None:
@@ -378,14 +398,14 @@ def run_demo(out: Path, seed: int = 0) -> None:
         lambda: sample_evaluation_stage(out / "evaluation", seed),
     )
     _stage(
-        "3. Synthetic chest CT (nodule synth, small preset)",
-        lambda: synth_stage(out / "synth", seed, scans=DEMO_SYNTH_SCANS),
+        "3. Synthetic chest CT (nodule split make demo_synth: nodule synth, small preset)",
+        lambda: synth_stage(out / "synth"),
     )
     _stage(
-        "4. External set: nodules inserted into the real CT",
-        lambda: insert_stage(out / "external", seed),
+        "4. External sets from the test-only real scans: inserted nodules, and the real LIDC scans",
+        lambda: external_stage(out),
     )
-    for name, dataset in (("synthetic", out / "synth"), ("external", out / "external")):
+    for name, dataset in (("synthetic", out / "synth"), ("external", out / "external"), ("real", out / "real")):
         _stage(
             f"5. Candidate stage on the {name} set",
             lambda d=dataset, n=name: candidate_stage(d, out / "candidates", n),  # type: ignore[misc]
@@ -393,7 +413,7 @@ def run_demo(out: Path, seed: int = 0) -> None:
     _stage(
         "6. Training (nodule fit, configs/demo.yaml), test and external prediction",
         lambda: training_stage(
-            out / "synth", out / "external", out / "candidates", out / "training", seed
+            out / "synth", out / "external", out / "candidates", out / "training", seed, real=out / "real"
         ),
     )
     print(f"\nnodule demo done: outputs in {out}")

@@ -63,16 +63,20 @@ def test_demo_training_stage_fits_tests_and_predicts(
     root = write_tiny_luna16(tmp_path / "tiny")
     candidates = tmp_path / "candidates"
     candidates.mkdir()
-    for name in ("synthetic", "external"):
+    for name in ("synthetic", "external", "real"):
         shutil.copy(root / "candidates.csv", candidates / f"{name}_candidates.csv")
+    external = tmp_path / "external"  # as nodule insert makes it: one patient's anatomy
+    shutil.copytree(root, external)
+    (external / "generator.json").write_text('{"one_patient": true}')
     net = "--model.init_args.net.init_args"
     result = training_stage(
         root,
-        root,
+        external,
         candidates,
         tmp_path / "run",
         seed=0,
         extra=(
+            "--data.init_args.dataset=null",
             "--data.init_args.train_folds=[0]",
             "--data.init_args.val_folds=[1]",
             "--data.init_args.test_folds=[2]",
@@ -85,11 +89,14 @@ def test_demo_training_stage_fits_tests_and_predicts(
             f"{net}.channels=[4, 8]",
             f"{net}.kernel_sizes=[3, 3]",
         ),
+        real=root,
     )
     assert DEMO_CONFIG.is_file()
     out = capsys.readouterr().out
     assert "synthetic test set: CPM" in out and "95% CI" in out
-    assert "external set (inserted nodules, one real patient's anatomy): CPM" in out
+    assert "external set (inserted nodules, one real patient's anatomy; CI resamples nodules): CPM" in out
+    assert getattr(result["external"], "bootstrap_unit", None) == "nodule"
+    assert "real LIDC scans (real LUNA16 tables): 6 scans" in out and "false positives per scan" in out
     test = result["test"]
     assert getattr(test, "n_nodules", None) == 3 and getattr(test, "cpm_ci95", None) is not None
     assert getattr(result["external"], "n_scans", None) == 6

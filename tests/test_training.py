@@ -287,15 +287,14 @@ def write_small_set(root: Path, annotate: bool = True) -> Path:
 
 
 def small_module(root: Path, cache: Path, **kwargs: object) -> Luna16DataModule:
+    folds = {"train_folds": [0], "val_folds": [1]} | kwargs
     return Luna16DataModule(
         root,
-        train_folds=[0],
-        val_folds=[1],
         cache_dir=cache,
         patch=PatchConfig(n_views=3, size_px=8, fov_mm=12.0),
         augmentation=None,
         progress=False,
-        **kwargs,  # type: ignore[arg-type]
+        **folds,  # type: ignore[arg-type]
     )
 
 
@@ -455,3 +454,52 @@ def test_train_synth_redoes_partial_submissions_and_refuses_other_runs(
     (tmp_path / "out" / "mixed" / "fit.done").write_text("")
     with pytest.raises(ValueError, match=r"no run\.json"):
         script.run_variant(args(), "mixed")
+
+
+def test_ranker_training_scans_never_validate_or_test(tmp_path: Path) -> None:
+    """The candidate ranker shipped before the split description was trained on the scans
+    that then validated and tested the CNN: a ranker that records a validation scan of the
+    data set is refused before any patch is made; one trained elsewhere is fine."""
+    import json
+
+    from nodule.candidates.ranker import DEFAULT_RANKER
+
+    root = write_small_set(tmp_path / "set")
+    doc = json.loads(DEFAULT_RANKER.read_text())
+    for name, uids in (("leaky", ["1.2.3.1"]), ("clean", ["9.9.9"])):
+        doc["info"]["trained_on_uids"] = uids
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    leaky = small_module(root, tmp_path / "cache", ranker=tmp_path / "leaky.json")
+    with pytest.raises(ValueError, match=r"trained on 1 val scan\(s\).*1\.2\.3\.1"):
+        leaky.prepare_data()
+    # the same scan in the training folds is no leak (both learned parts may train on it)
+    small_module(root, tmp_path / "cache", ranker=tmp_path / "leaky.json", train_folds=[1], val_folds=[0]).tables()
+    small_module(root, tmp_path / "cache", ranker=tmp_path / "clean.json").tables()
+
+
+def test_split_data_set_gives_the_folds_and_must_be_its_scans(tmp_path: Path) -> None:
+    """``dataset: NAME`` takes the folds from the split's roles and refuses a folder that is
+    not that data set (a wrong path) or fold lists that disagree."""
+    import yaml
+
+    from nodule.data.phantom import default_series_uid
+    from nodule.data.splits import SplitError
+
+    split = tmp_path / "split.yaml"
+    split.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "version": 1,
+                "datasets": {"tiny": {"synth": {"seed": 1, "scans": 3, "preset": "small"}, "roles": {"train": [0], "val": [1], "test": [2]}}},
+            }
+        )
+    )
+    dm = Luna16DataModule(tmp_path / "x", dataset="tiny", split_file=split, predict_folds=[2])
+    assert dm.fold_lists == {"train": [0], "val": [1], "test": [2], "predict": [2]}
+    with pytest.raises(ValueError, match=r"val_folds \[2\] differ from the val subsets \[1\]"):
+        Luna16DataModule(tmp_path / "x", dataset="tiny", split_file=split, val_folds=[2])
+    root = write_small_set(tmp_path / "set")  # scans 1.2.3.0 and 1.2.3.1, not the data set's
+    with pytest.raises(SplitError, match="is not data set tiny"):
+        small_module(root, tmp_path / "cache", train_folds=None, val_folds=None, dataset="tiny", split_file=split).tables()
+    assert default_series_uid(1, 0, "small") not in {"1.2.3.0", "1.2.3.1"}

@@ -36,6 +36,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nodule.candidates.ranker import DEFAULT_RANKER, CandidateRanker
 from nodule.data.luna16 import (
     read_annotations,
     read_candidates,
@@ -43,6 +44,8 @@ from nodule.data.luna16 import (
     read_folds,
     read_submission,
 )
+from nodule.data.sets import check_dataset_folder
+from nodule.data.splits import Role, load_split
 from nodule.io import VOLUME_SUFFIXES, read_volume, series_uid_from_filename
 from nodule.patch_cache import (
     CacheConfig,
@@ -297,6 +300,14 @@ class Luna16DataModule(pl.LightningDataModule):
             (cached, mirrored, noisy) views rather than planes resampled from its cube.
         cache_jobs: scans loaded concurrently while building the cache.
         progress: progress bar while building the cache.
+        dataset: the data set of the split description that ``root`` holds (e.g.
+            ``train_seed2000``): the train, validation and test folds are then its subsets'
+            roles (fold lists given as well must agree), and ``root`` must hold exactly its
+            scans. None: the fold lists as given.
+        split_file: the split description (default ``configs/splits/default.yaml``).
+        ranker: the candidate ranker the candidates were ranked with (default the shipped
+            ``ranker.json``): no scan it records having been trained on may validate, test
+            or be predicted here.
     """
 
     def __init__(
@@ -323,9 +334,17 @@ class Luna16DataModule(pl.LightningDataModule):
         fixed_view_fraction: float = 0.0,
         cache_jobs: int = 1,
         progress: bool = True,
+        dataset: str | None = None,
+        split_file: Path | None = None,
+        ranker: Path | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
+        self.dataset = dataset
+        self.split_file = _expand(split_file)
+        self.ranker_path = _expand(ranker)
+        if dataset is not None:
+            train_folds, val_folds, test_folds = self._split_folds(dataset, train_folds, val_folds, test_folds)
         self.candidates_path = _expand(candidates) or self.root / "candidates.csv"
         self.annotations_path = _expand(annotations) or self.root / "annotations.csv"
         if annotations is not None and not self.annotations_path.is_file():
@@ -371,6 +390,41 @@ class Luna16DataModule(pl.LightningDataModule):
         self.sampler: BalancedSampler | None = None
         self._views_at: dict[tuple[Any, ...], np.ndarray] = {}
 
+    # ------------------------------------------------------------------ split checks
+
+    def _split_folds(
+        self, dataset: str, *given: list[int] | None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """The train, validation and test folds of a split data set; given lists must agree."""
+        entry = load_split(self.split_file).dataset(dataset)
+        roles: tuple[Role, Role, Role] = ("train", "val", "test")
+        folds = tuple(entry.folds(role) for role in roles)
+        for role, want, got in zip(roles, folds, given, strict=True):
+            if got is not None and sorted(got) != want:
+                raise ValueError(
+                    f"{role}_folds {got} differ from the {role} subsets {want} of data set {dataset} "
+                    f"in {load_split(self.split_file).path}"
+                )
+        return folds[0], folds[1], folds[2]
+
+    def _check_scans(self, fold_of: dict[str, int]) -> None:
+        """Refuse a root that is not the configured data set, and scans the candidate ranker
+        was trained on in the validation, test or prediction folds."""
+        if self.dataset is not None:
+            check_dataset_folder(load_split(self.split_file), self.dataset, self.root)
+        ranker = CandidateRanker.from_json(self.ranker_path or DEFAULT_RANKER)
+        seen = set(ranker.trained_on_uids or ())
+        for split in ("val", "test", "predict"):
+            folds = set(self.fold_lists[split])
+            leaked = sorted(u for u, k in fold_of.items() if k in folds and u in seen)
+            if leaked:
+                raise ValueError(
+                    f"the candidate ranker {self.ranker_path or DEFAULT_RANKER} was trained on {len(leaked)} "
+                    f"{split} scan(s) of {self.root} (folds {sorted(folds)}, e.g. {leaked[0]}): "
+                    "a model measured on them would be measured on data a learned part saw; "
+                    "retrain the ranker on other data (scripts/train_candidate_ranker.py)"
+                )
+
     # ------------------------------------------------------------------ tables
 
     def _default_cache_dir(self) -> Path:
@@ -393,6 +447,7 @@ class Luna16DataModule(pl.LightningDataModule):
             fold_of = {u: k for k, uids in read_folds(self.folds_path).items() for u in uids}
         else:
             fold_of = {u: s for u, (_, s) in scans.items() if s is not None}
+        self._check_scans(fold_of)
         annotations = (
             read_annotations(self.annotations_path)
             if self.annotations_path.exists()
