@@ -1,15 +1,24 @@
-"""Train, test and externally evaluate the multistream CNN on a synthetic LUNA16-layout set.
+"""Train, test and externally evaluate the multistream CNN on a data set of the split.
 
-For each variant (a fusion scheme of the network, or ``default``: the configuration as
-it is) this script runs, each step as its own ``nodule`` process and each skipped when
-its output exists (so an interrupted run resumes; ``fit`` resumes from ``last.ckpt``):
+The training data set is one of the split description's (``--dataset``, default
+``train_seed2000`` of ``configs/splits/default.yaml``): its subsets' roles decide the
+training, validation and test folds (the data module refuses a folder that is not that
+data set, and any scan the candidate ranker trained on among validation, test or external
+scans). For each variant (a fusion scheme of the network, or ``default``: the
+configuration as it is) this script runs, each step as its own ``nodule`` process and each
+skipped when its output exists (so an interrupted run resumes; ``fit`` resumes from
+``last.ckpt``):
 
-1. ``nodule fit`` with the configuration, the data set root and the variant's fusion;
+1. ``nodule fit`` with the configuration, the data set and the variant's fusion;
 2. ``nodule predict`` with the best checkpoint (by validation CPM) on the test folds;
 3. the LUNA16 evaluation of that submission on the test scans with a bootstrap CI
    (``nodule.evaluation.report.evaluate_files``: official cap of 100 marks per scan);
-4. with ``--external``: ``nodule predict`` on every scan of the external set (e.g. the
-   set ``nodule insert`` builds from the real CT) and its evaluation.
+4. for each ``--external`` set (a split data set name, e.g. ``external_lidc0001_seed0``,
+   or a folder): ``nodule predict`` on every scan and its evaluation, with the bootstrap
+   its kind needs (nodules with their scans' false positives for a one-patient set made
+   by ``nodule insert``, scans otherwise; the unit is recorded), one row per set (per
+   background scan); for real scans (``real_lidc``) also the false positives per scan and
+   each real nodule's rank, never pooled with the synthetic figures.
 
 Results go to ``OUT/<variant>/`` (runs, submissions, reports) and a table of all
 variants to ``OUT/results.md`` and ``OUT/results.json`` (written atomically). A run
@@ -21,8 +30,9 @@ the fingerprint of its bytes (so a half-written or replaced file is predicted ag
 ``candidates.csv`` (``nodule candidates ROOT --out ROOT/candidates.csv``); so does the
 external set.
 
-    .venv/bin/python scripts/train_synth.py --root ~/.cache/nodule/synth/train_seed2000 \\
-        --external ~/.cache/nodule/insert/real_ct_seed0 --config configs/synth_cpu.yaml \\
+    nodule split make train_seed2000 external_lidc0001_seed0 external_lidc0002_seed0 real_lidc --candidates true
+    .venv/bin/python scripts/train_synth.py --dataset train_seed2000 --config configs/synth_cpu.yaml \\
+        --external external_lidc0001_seed0 external_lidc0002_seed0 real_lidc \\
         --variants committee late mixed --out ~/.cache/nodule/experiments/synth100
 
 ``--override=ARG`` (repeatable) passes one more LightningCLI argument to every step,
@@ -38,7 +48,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nodule.data.luna16 import write_seriesuids
+from nodule.data.luna16 import (
+    read_annotations,
+    read_excluded,
+    read_folds,
+    read_submission,
+    write_seriesuids,
+)
 from nodule.fingerprint import check_fingerprint, file_fingerprint, fingerprint
 from nodule.paths import write_text_atomic
 from nodule.training.checkpoints import best_checkpoint
@@ -60,7 +76,8 @@ def run_params(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "config": file_fingerprint(args.config),
         "overrides": list(args.override),
         "root": str(args.root.resolve()),
-        "external": str(args.external.resolve()) if args.external is not None else None,
+        "dataset": args.dataset,
+        "external": [str(p.resolve()) for p in args.external],
         "variant": variant,
     }
 
@@ -102,6 +119,10 @@ def mark_done(result: Path) -> None:
 
 
 def _evaluate(submission: Path, root: Path, uids: list[str], out: Path, bootstrap: int) -> dict[str, Any]:
+    """Score a submission on some scans of a set: CPM with the set's kind of bootstrap, and for
+    real scans their false positives per scan and the real nodules' ranks."""
+    from nodule.evaluation.froc import evaluate_froc
+    from nodule.evaluation.real_scans import real_scan_figures
     from nodule.evaluation.report import evaluate_files
 
     out.mkdir(parents=True, exist_ok=True)
@@ -114,20 +135,32 @@ def _evaluate(submission: Path, root: Path, uids: list[str], out: Path, bootstra
         seriesuids=write_seriesuids(out / "seriesuids.csv", uids),
         bootstrap=bootstrap,
     )
-    return {
+    figures: dict[str, Any] = {
+        "set": root.name,
         "cpm": result.cpm,
         "cpm_ci95": list(result.cpm_ci95) if result.cpm_ci95 is not None else None,
+        "bootstrap_unit": result.bootstrap_unit,
         "sensitivities": {str(k): v for k, v in result.sensitivities.items()},
         "n_scans": result.n_scans,
         "n_nodules": result.n_nodules,
         "n_hits": result.n_hits,
     }
+    generator = root / "generator.json"
+    if generator.is_file() and json.loads(generator.read_text()).get("generator") == "real":
+        every = evaluate_froc(
+            read_submission(submission),
+            read_annotations(root / "annotations.csv"),
+            read_excluded(excluded) if excluded.exists() else None,
+            uids,
+            n_bootstrap=0,
+            max_marks_per_scan=None,
+        )
+        figures["real_scans"] = real_scan_figures(every)
+    return figures
 
 
 def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """Fit, predict and evaluate one variant; returns its figures."""
-    from nodule.data.luna16 import read_folds
-
     run = args.out / variant
     claim_run(run, run_params(args, variant))
     ckpts = run / "checkpoints"
@@ -143,6 +176,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         common.append(f"--model.init_args.net.init_args.fusion={variant}")
     common += args.override
     data = [f"--data.init_args.root={args.root}"]
+    if args.dataset is not None:
+        data.append(f"--data.init_args.dataset={args.dataset}")
     if not (run / "fit.done").exists():
         resume = [f"--ckpt_path={ckpts / 'last.ckpt'}"] if (ckpts / "last.ckpt").exists() else []
         _nodule(["fit", *common, *data, *resume])
@@ -158,47 +193,86 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         mark_done(test_sub)
     figures["test"] = _evaluate(test_sub, args.root, test_uids, run / "test_eval", args.bootstrap)
 
-    if args.external is not None:
-        ext_sub = run / "external_submission.csv"
+    figures["external"] = []
+    for external in args.external:
+        ext_sub = run / f"external_{external.name}_submission.csv"
+        ext_folds = read_folds(external / "folds")
         if not is_done(ext_sub):
-            ext_folds = read_folds(args.external / "folds")
             ext = [
-                f"--data.init_args.root={args.external}",
+                f"--data.init_args.root={external}",
+                "--data.init_args.dataset=null",
+                "--data.init_args.train_folds=[]",
+                "--data.init_args.val_folds=[]",
+                "--data.init_args.test_folds=[]",
                 f"--data.init_args.predict_folds=[{','.join(str(k) for k in sorted(ext_folds))}]",
             ]
             _nodule(["predict", *common, *ext, f"--ckpt_path={best}", f"--submission.output={ext_sub}"])
             mark_done(ext_sub)
-        ext_uids = [u for uids in read_folds(args.external / "folds").values() for u in uids]
-        figures["external"] = _evaluate(ext_sub, args.external, ext_uids, run / "external_eval", args.bootstrap)
+        ext_uids = [u for uids in ext_folds.values() for u in uids]
+        figures["external"].append(_evaluate(ext_sub, external, ext_uids, run / f"external_{external.name}_eval", args.bootstrap))
     return figures
 
 
-def _table(results: list[dict[str, Any]]) -> str:
-    def ci(r: dict[str, Any]) -> str:
-        lo_hi = r.get("cpm_ci95")
-        return f"{r['cpm']:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else f"{r['cpm']:.3f}"
+def _ci(r: dict[str, Any]) -> str:
+    lo_hi = r.get("cpm_ci95")
+    return f"{r['cpm']:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else f"{r['cpm']:.3f}"
 
+
+def _table(results: list[dict[str, Any]]) -> str:
+    """Markdown: the test figures of every variant, then one row per variant and external set."""
     rates = list(results[0]["test"]["sensitivities"]) if results else []
-    head = "| variant | test CPM [95% CI] | " + " | ".join(f"sens@{r}" for r in rates)
-    head += " | test nodules (hit) | external CPM [95% CI] | external nodules (hit) |"
-    lines = [head, "|" + "---|" * (5 + len(rates))]
+    lines = [
+        "| variant | test CPM [95% CI] | " + " | ".join(f"sens@{r}" for r in rates) + " | test nodules (hit) | CI resamples |",
+        "|" + "---|" * (4 + len(rates)),
+    ]
     for r in results:
         t = r["test"]
-        e = r.get("external")
         sens = " | ".join(f"{t['sensitivities'][k]:.3f}" for k in rates)
-        ext = f"{ci(e)} | {e['n_nodules']} ({e['n_hits']})" if e else "- | -"
-        lines.append(f"| {r['variant']} | {ci(t)} | {sens} | {t['n_nodules']} ({t['n_hits']}) | {ext} |")
+        lines.append(f"| {r['variant']} | {_ci(t)} | {sens} | {t['n_nodules']} ({t['n_hits']}) | {t['bootstrap_unit']}s |")
+    lines += ["", "| variant | external set | CPM [95% CI] | CI resamples | scans | nodules (hit) | real scans: FP/scan (p >= 0.5, 0.9) | real nodules: probability, found at FP/scan |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for e in r.get("external", []):
+            real = e.get("real_scans")
+            fp = nods = "-"
+            if real:
+                at = real["fp_per_scan_at"]
+                fp = f"{real['fp_per_scan']:.1f} ({at.get(0.5, at.get('0.5', 0.0)):.1f}, {at.get(0.9, at.get('0.9', 0.0)):.1f})"
+                nods = "; ".join(
+                    "missed" if n["probability"] is None else f"{n['probability']:.3f} at {n['fp_per_scan_above']:.2f}"
+                    for n in real["nodules"]
+                )
+            lines.append(
+                f"| {r['variant']} | {e['set']} | {_ci(e)} | {e['bootstrap_unit']}s | {e['n_scans']} | "
+                f"{e['n_nodules']} ({e['n_hits']}) | {fp} | {nods} |"
+            )
     return "\n".join(lines) + "\n"
 
 
+def _resolve(name_or_path: str, split_path: Path) -> Path:
+    """A split data set name -> its folder (``$NODULE_CACHE/sets/<name>``); else the path itself."""
+    from nodule.data.sets import check_dataset_folder, dataset_root
+    from nodule.data.splits import load_split
+
+    split = load_split(split_path)
+    if name_or_path in split.datasets:
+        root = dataset_root(name_or_path)
+        check_dataset_folder(split, name_or_path, root)
+        return root
+    return Path(name_or_path).expanduser()
+
+
 def main() -> None:
+    from nodule.data.sets import dataset_root
+    from nodule.data.splits import DEFAULT_SPLIT, load_split
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, required=True, help="LUNA16-layout synthetic set with candidates.csv")
+    parser.add_argument("--dataset", default="train_seed2000", help="training data set of the split")
+    parser.add_argument("--root", type=Path, default=None, help="its folder (default $NODULE_CACHE/sets/<dataset>)")
+    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split description")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=list(FUSIONS), help="fusion schemes, or 'default'")
-    parser.add_argument("--external", type=Path, default=None, help="external LUNA16-layout set with candidates.csv")
-    parser.add_argument("--test-folds", type=int, nargs="+", default=[8, 9])
+    parser.add_argument("--external", nargs="*", default=[], help="external sets: split data set names or folders, with candidates.csv")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument(
         "--override",
@@ -207,9 +281,13 @@ def main() -> None:
         help="one more LightningCLI argument for every step, e.g. --override=--trainer.max_epochs=8 (repeatable)",
     )
     args = parser.parse_args()
-    args.root = args.root.expanduser()
+    split = load_split(args.split)
+    args.root = (args.root or dataset_root(args.dataset)).expanduser()
+    args.test_folds = split.dataset(args.dataset).folds("test")
+    if not args.test_folds:
+        parser.error(f"data set {args.dataset} has no test subsets in {split.path}")
     args.out = args.out.expanduser()
-    args.external = args.external.expanduser() if args.external else None
+    args.external = [_resolve(e, args.split) for e in args.external]
     for v in args.variants:
         if v != "default" and v not in FUSIONS:
             parser.error(f"unknown variant {v!r}: use {', '.join(FUSIONS)} or default")

@@ -424,7 +424,7 @@ def test_train_synth_redoes_partial_submissions_and_refuses_other_runs(
 
     def args(**overrides: object) -> argparse.Namespace:
         values: dict[str, object] = dict(
-            root=root, config=config, out=tmp_path / "out", override=[], external=None, test_folds=[8, 9], bootstrap=0
+            root=root, dataset=None, config=config, out=tmp_path / "out", override=[], external=[], test_folds=[8, 9], bootstrap=0
         )
         return argparse.Namespace(**{**values, **overrides})
 
