@@ -24,7 +24,11 @@ from nodule.evaluation.crossval import (
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = CONFIGS / "tiny.yaml"
-FAST = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+FAST = [  # BatchNorm as in configs/crossval_cpu.yaml (its 0-d counters are hashed too)
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--model.init_args.net.init_args.batch_norm=true",
+]
 
 
 def _ranker(path: Path, trained_on: list[str]) -> Path:
@@ -106,6 +110,8 @@ def test_ranker_trained_on_the_data_is_refused(env: Path) -> None:
 
 @pytest.mark.slow
 def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodule.cli import main
+
     root = write_tiny_luna16(env / "tiny", scans_per_fold=2, folds=3, seed=0)
     external = write_tiny_luna16(env / "ext", scans_per_fold=1, folds=2, seed=1)
     ranker = _ranker(env / "ranker.json", ["not.a.scan.of.these.sets"])
@@ -168,6 +174,9 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
     assert f"{saved['pooled']['cpm']:.3f}" in page
     assert page.count('<div class="card"><img alt="9 views" src="data:image/png;base64,') >= 1
     assert (out / "report.md").read_text().startswith("# Cross-validation report: run")
+    (out / "report.html").unlink()
+    main(["report", str(out)])  # nodule report RUN_DIR regenerates it
+    assert f"{saved['pooled']['cpm']:.3f}" in (out / "report.html").read_text()
 
     # A rerun trains nothing and predicts nothing: every fold and external prediction is done.
     stamps = [(out / f"fold_{k}" / "fold.json").stat().st_mtime_ns for k in range(3)]

@@ -312,7 +312,7 @@ def state_dict_hash(module: Any) -> str:
     for key, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{key}|{tuple(t.shape)}|{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
@@ -389,13 +389,6 @@ def ensemble_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
             raise ValueError("the models predicted different candidates; cannot average them")
     mean = sum(t["probability"].to_numpy(float) for t in tables) / len(tables)
     return first.assign(probability=mean)
-
-
-def _write_submission_atomic(table: pd.DataFrame, path: Path) -> Path:
-    part = path.with_name(path.name + ".part")
-    write_submission(table, part)
-    os.replace(part, path)
-    return path
 
 
 def _main_process() -> bool:
@@ -489,29 +482,34 @@ class _Runner:
         last = checkpoints / "last.ckpt"
         if last.is_file():
             args.append(f"--ckpt_path={last}")
-        cli = lightning_main(args)
+        cli = _lightning(args)
         hasher = next(c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, InitialStateHash))
         return checkpoints, hasher, cli.datamodule
 
     def predict(self, root: Path, folds: Sequence[int], checkpoint: Path, out: Path) -> pd.DataFrame:
         """Predict every candidate of ``folds`` of ``root`` with a checkpoint; write ``out``
-        atomically and return the submission."""
-        part = out.with_name(out.name + ".part")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        (atomically, as every LUNA16 table) and return the submission."""
         args = ["predict", "--config", str(self.config), *self.overrides]
         args += self.data_args(root, [], [], folds)
         args += [
             f"--trainer.default_root_dir={out.parent}",
             f"--checkpoint.dirpath={checkpoint.parent}",
             "--trainer.logger=false",
-            f"--submission.output={part}",
+            f"--submission.output={out}",
             f"--ckpt_path={checkpoint}",
         ]
-        lightning_main(args)
+        _lightning(args)
         if not _main_process():  # the first process wrote the gathered predictions
             return pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "probability"])
-        os.replace(part, out)
         return read_submission(out)
+
+
+def _lightning(args: list[str]) -> Any:
+    """:func:`~nodule.training.cli.lightning_main` without LightningCLI's warning that the
+    process's own command line (``nodule crossval ...``) differs from ``args``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return lightning_main(args)
 
 
 @dataclass(frozen=True)
@@ -681,7 +679,7 @@ def run_crossval(
         return {}
 
     pooled = pd.concat(pooled_parts, ignore_index=True)
-    _write_submission_atomic(pooled, run_dir / PREDICTIONS)
+    write_submission(pooled, run_dir / PREDICTIONS)
     unit = bootstrap_unit_for(root)
     pooled_result = evaluate_scans(pooled, root, uids, bootstrap, seed, unit)
 
@@ -848,7 +846,7 @@ def _run_external(
         return {}
     folder = runner.run_dir / "external" / ext.name
     folder.mkdir(parents=True, exist_ok=True)
-    ensemble = _write_submission_atomic(ensemble_predictions(tables), folder / PREDICTIONS)
+    ensemble = write_submission(ensemble_predictions(tables), folder / PREDICTIONS)
     result = evaluate_scans(read_submission(ensemble), ext.root, ext.seriesuids, bootstrap, seed, unit)
     out: dict[str, Any] = {"root": str(ext.root), "ensemble": froc_json(result), "final_model": None}
     if final is not None:

@@ -20,7 +20,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import pandas as pd
 
 from nodule.data.luna16 import read_submission
 from nodule.evaluation.froc import FP_RATES, FrocCurve, FrocResult
-from nodule.paths import write_text_atomic
+from nodule.paths import atomic_path, write_text_atomic
 
 N_FALSE_POSITIVES = 10
 """False positives shown: the most confident ones."""
@@ -94,9 +93,8 @@ def plot_froc_curves(curves: Sequence[Curve], path: Path | None = None) -> bytes
     fig.savefig(buffer, format="png")
     data = buffer.getvalue()
     if path is not None:
-        part = path.with_name(path.name + ".part")
-        part.write_bytes(data)
-        os.replace(part, path)
+        with atomic_path(path) as part:
+            part.write_bytes(data)
     return data
 
 
