@@ -436,10 +436,17 @@ class _Runner:
     wandb: dict[str, Any] | None
 
     def data_args(self, root: Path, train: Sequence[int], val: Sequence[int], predict: Sequence[int]) -> list[str]:
+        """The data module's folder, tables and folds (every table of ``root``, whatever the
+        configuration names; the patch cache in its default folder for ``root``)."""
+        excluded = root / "annotations_excluded.csv"
+        folds = root / "folds"
         return [
             f"--data.init_args.root={root}",
             f"--data.init_args.candidates={root / 'candidates.csv'}",
             f"--data.init_args.annotations={root / 'annotations.csv'}",
+            f"--data.init_args.excluded={excluded if excluded.is_file() else 'null'}",
+            f"--data.init_args.folds={folds if folds.is_dir() else 'null'}",
+            "--data.init_args.cache_dir=null",
             f"--data.init_args.train_folds={list(train)}",
             f"--data.init_args.val_folds={list(val)}",
             "--data.init_args.test_folds=[]",

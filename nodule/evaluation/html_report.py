@@ -39,6 +39,8 @@ N_FALSE_POSITIVES = 10
 OPERATING_FPS = 1.0
 """FP/scan of the operating point below which a nodule counts as missed."""
 _PRIVATE_KEY = re.compile(r"patient.?(name|id)", re.IGNORECASE)
+_NUMBER = re.compile(r"^-?[\d.]+( \[[\d.]+, [\d.]+\])?$|^\d+/\d+$|^-$")
+"""Table cells shown right-aligned: numbers, numbers with a CI, counts ``hit/n``."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def plot_froc_curves(curves: Sequence[Curve], path: Path | None = None) -> bytes
     :func:`~nodule.evaluation.report.plot_froc`); returns the PNG bytes (and writes ``path``)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.0, 5.2), dpi=120)
+    fig = Figure(figsize=(10.0, 5.2), dpi=120)
     ax = fig.add_subplot()
     grid = np.exp2(np.linspace(-3.0, 3.0, 1201))
     for c in curves:
@@ -87,7 +89,7 @@ def plot_froc_curves(curves: Sequence[Curve], path: Path | None = None) -> bytes
     ax.set_xlabel("Average number of false positives per scan")
     ax.set_ylabel("Sensitivity")
     ax.set_title("FROC: cross-validation (pooled and per fold) and external sets")
-    ax.legend(loc="lower right", fontsize=8, ncol=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -315,22 +317,29 @@ body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px
 h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
 h3{font-size:16px;margin-bottom:6px}
 .sub{color:#666;margin-top:0}.headline{font-size:20px;background:#f3f6fa;border-left:5px solid #1f4e8c;padding:10px 14px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f0f0f0}td:first-child,th:first-child,td.l{text-align:left}tr.pooled td{font-weight:bold;background:#fafae8}
+table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.pooled td{font-weight:bold;background:#fafae8}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #ccc;border-radius:4px;padding:6px;width:214px;font-size:11px;background:#fafafa}
 .card img{width:200px;height:200px;image-rendering:pixelated;display:block;margin:0 auto 4px}
-.uid{word-break:break-all;color:#444}pre{background:#f6f6f6;padding:10px;font-size:12px;overflow-x:auto;max-height:480px}
+.uid{word-break:break-all;color:#444}pre{background:#f6f6f6;padding:10px;font-size:12px;overflow-x:auto}
 .note{color:#666;font-style:italic}
 """
 
 
-def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]], first_bold: bool = False) -> str:
+def _html_table(
+    head: Sequence[str], rows: Sequence[Sequence[str]], first_bold: bool = False, css: str = ""
+) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = []
     for i, row in enumerate(rows):
         cls = ' class="pooled"' if first_bold and i == 0 else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells = "".join(
+            f'<td class="n">{html.escape(str(c))}</td>' if _NUMBER.match(str(c)) else f"<td>{html.escape(str(c))}</td>"
+            for c in row
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    cls = f' class="{css}"' if css else ""
+    return f"<table{cls}><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _frame_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -387,13 +396,14 @@ def render_html(data: ReportData) -> str:
         f"<p class='headline'>Pooled CPM <b>{html.escape(_cpm_text(pooled))}</b> over {pooled['n_scans']} scans and "
         f"{pooled['n_nodules']} nodules ({len(s['folds'])} folds, LUNA16 evaluation of the pooled predictions, "
         f"cap {pooled.get('max_marks_per_scan')} marks a scan, {pooled.get('n_bootstrap')} bootstrap resamples by "
-        f"{html.escape(str(pooled.get('bootstrap_unit')))}). Training time {minutes:.1f} min over the folds.</p>",
+        f"{html.escape(str(pooled.get('bootstrap_unit')))}). Time spent in the folds (training and prediction): "
+        f"{minutes:.1f} min.</p>",
         "<h2>FROC</h2>",
-        f'<img alt="FROC curves" style="width:960px;max-width:100%" src="{_b64(data.froc_png)}">',
+        f'<img alt="FROC curves" style="width:1100px;max-width:100%" src="{_b64(data.froc_png)}">',
         "<h2>Cross-validation: pooled and per fold</h2>",
         "<p>Each fold's model is tested on its own fold (CPM with its CI); the pooled row evaluates every fold's "
         "predictions together, once, as LUNA16 does.</p>",
-        _html_table(*tables["cv"], first_bold=True),
+        _html_table(*tables["cv"], first_bold=True, css="cv"),
         "<h2>External sets</h2>",
         _html_table(*tables["external"]) if tables["external"][1] else "<p class='note'>no external set</p>",
         "<h2>Breakdowns (pooled predictions)</h2>",
