@@ -104,6 +104,20 @@ def test_shipped_ranker_reads_current_features() -> None:
     assert ranker.info.get("roots") and int(str(ranker.info.get("scans"))) >= 50
 
 
+def test_shipped_ranker_saw_only_the_splits_training_data() -> None:
+    """The shipped ranker records its training scans: exactly the train subsets of the data
+    sets the split gives the learner 'ranker', none of which validates or tests anything."""
+    from nodule.data.splits import leaked_scans, load_split
+
+    split = load_split()
+    ranker = load_ranker()
+    uids = ranker.trained_on_uids
+    assert uids is not None
+    assert set(uids) == set(split.training_scans("ranker")["seriesuid"])
+    assert leaked_scans(uids, split.scan_table()).empty
+    assert ranker.info.get("split") == split.tag
+
+
 def _script(name: str) -> object:
     import importlib.util
 
