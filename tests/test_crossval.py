@@ -117,10 +117,14 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
     ranker = _ranker(env / "ranker.json", ["not.a.scan.of.these.sets"])
     out = env / "run"
     calls: list[str] = []
+    folds_of_calls: list[dict[str, str]] = []
     real_main = crossval.lightning_main
 
     def counting(args: list[str]) -> Any:
         calls.append(args[0])
+        folds_of_calls.append(
+            {a.split("=")[0].rsplit(".", 1)[-1]: a.split("=", 1)[1] for a in args if "_folds=" in a}
+        )
         return real_main(args)
 
     monkeypatch.setattr(crossval, "lightning_main", counting)
@@ -131,6 +135,14 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
     summary = run_crossval(TINY, root, **kwargs)
     # three folds and the final model; each fold's prediction, then the external set's
     assert calls.count("fit") == 3 + 1 and calls.count("predict") == 3 + 3 + 1
+    # The test fold never reaches a fit (no test or predict folds there, not in train or
+    # validation); each fold is predicted only after its fit has ended.
+    assert calls[:6] == ["fit", "predict"] * 3
+    for k in range(3):
+        fit, predict = folds_of_calls[2 * k], folds_of_calls[2 * k + 1]
+        assert fit["test_folds"] == "[]" and fit["predict_folds"] == "[]"
+        assert str(k) not in fit["train_folds"] + fit["val_folds"]
+        assert fit["val_folds"] == f"[{(k + 1) % 3}]" and predict["predict_folds"] == f"[{k}]"
 
     # Layout: per fold checkpoints, predictions and fold.json; pooled predictions; summary.
     candidates = pd.read_csv(root / "candidates.csv")
@@ -144,7 +156,7 @@ def test_crossval_end_to_end_resume_and_report(env: Path, monkeypatch: pytest.Mo
         fold = pd.read_csv(out / f"fold_{k}" / "predictions.csv")
         assert set(fold["seriesuid"]) == {f"1.2.826.0.1.0.{k}.{j}" for j in range(2)}
     final = json.loads((out / "final" / "fold.json").read_text())
-    assert final["train_folds"] == [0, 1, 2] and final["val_fold"] is None and final["seed"] == 10
+    assert final["train_folds"] == [0, 1, 2] and final["val_fold"] is None and final["seed"] == 3
     assert len({r["init_state_sha256"] for r in [*records, final]}) == 4  # a fresh model each
     pooled = pd.read_csv(out / "predictions.csv")
     assert len(pooled) == len(candidates)

@@ -13,7 +13,8 @@ FROC, official cap of 100 marks a scan, bootstrap CI), besides each fold's own C
 External sets (``external``) are predicted by the ensemble of the fold models (mean
 probability over folds) and, with ``final_model``, by one more model trained on every
 listed fold with no validation fold (its last epoch is kept: the fold models' epochs
-are the recipe's, and nothing is left to select on; seed ``seed + 10``).
+are the recipe's, and nothing is left to select on; seed ``seed + max(folds) + 1``, no
+fold's).
 
 Guards, each a :class:`CrossvalError` before anything trains (or a failed fold):
 
@@ -28,7 +29,8 @@ Guards, each a :class:`CrossvalError` before anything trains (or a failed fold):
 * two models with the same initial weights (:func:`check_distinct_inits`).
 
 Layout of the run folder ``out``: ``fold_K/`` (``checkpoints/``, ``predictions.csv``,
-``fold.json``, ``config.yaml``, ``wandb/`` (the fold's W&B run, named ``fold_K``),
+``fold.json``, ``config.yaml`` (the fit's; ``predictions/config.yaml`` the
+prediction's), ``wandb/`` (the fold's W&B run, named ``fold_K``),
 ``external/<name>-<hash>.csv``), ``final/`` (with ``final_model``), ``predictions.csv``
 (every fold pooled), ``external/<name>/predictions.csv`` (the ensemble's),
 ``summary.json``, ``report.html``, ``report.md`` and ``froc.png``
@@ -71,8 +73,6 @@ from nodule.paths import cache_dir, write_text_atomic
 from nodule.training.checkpoints import read_best
 from nodule.training.cli import lightning_main
 
-FINAL_SEED_OFFSET = 10
-"""The final model's seed is ``seed + 10`` (no fold's, as folds are 0-9)."""
 FOLD_JSON = "fold.json"
 PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.json"
@@ -499,7 +499,7 @@ class _Runner:
         args = ["predict", "--config", str(self.config), *self.overrides]
         args += self.data_args(root, [], [], folds)
         args += [
-            f"--trainer.default_root_dir={out.parent}",
+            f"--trainer.default_root_dir={out.with_suffix('')}",  # its config.yaml, beside the fit's
             f"--checkpoint.dirpath={checkpoint.parent}",
             "--trainer.logger=false",
             f"--submission.output={out}",
@@ -796,7 +796,7 @@ def _run_fold(
 def _run_final(runner: _Runner, folds: Sequence[int], seed: int, common: Mapping[str, Any]) -> dict[str, Any]:
     """Train (or take) the final model on every listed fold, no validation."""
     folder = runner.run_dir / "final"
-    final_seed = seed + FINAL_SEED_OFFSET
+    final_seed = seed + max(folds) + 1  # no fold's seed
     fingerprint = _json_hash({**common, "plan": ["final", list(folds)], "seed": final_seed})
     previous = _read_json(folder / FOLD_JSON)
     if previous is not None and previous.get("fingerprint") != fingerprint:
