@@ -441,6 +441,7 @@ class _Runner:
         excluded = root / "annotations_excluded.csv"
         folds = root / "folds"
         return [
+            "--data.init_args.dataset=null",  # crossval checks the split itself (crossval roles)
             f"--data.init_args.root={root}",
             f"--data.init_args.candidates={root / 'candidates.csv'}",
             f"--data.init_args.annotations={root / 'annotations.csv'}",
