@@ -32,6 +32,7 @@ import pandas as pd
 
 from nodule.data.luna16 import read_submission
 from nodule.evaluation.froc import FP_RATES, FrocCurve, FrocResult
+from nodule.evaluation.report import FROC_GRID, froc_axes
 from nodule.paths import atomic_path, write_text_atomic
 
 N_FALSE_POSITIVES = 10
@@ -69,25 +70,16 @@ def plot_froc_curves(curves: Sequence[Curve], path: Path | None = None) -> bytes
 
     fig = Figure(figsize=(10.0, 5.2), dpi=120)
     ax = fig.add_subplot()
-    grid = np.exp2(np.linspace(-3.0, 3.0, 1201))
     for c in curves:
         ax.plot(
-            grid,
-            np.interp(grid, c.curve.fps, c.curve.sensitivity),
+            FROC_GRID,
+            np.interp(FROC_GRID, c.curve.fps, c.curve.sensitivity),
             lw=c.width,
             color=c.color,
             alpha=1.0 if c.width >= 2 else 0.55,
             label=c.label,
         )
-    rates = np.asarray(FP_RATES)
-    ax.set_xscale("log", base=2)
-    ax.set_xlim(FP_RATES[0], FP_RATES[-1])
-    ax.set_xticks(rates, [f"{r:g}" for r in rates])
-    ax.set_ylim(0, 1)
-    ax.set_yticks(np.linspace(0, 1, 11))
-    ax.grid(True, which="both", alpha=0.4)
-    ax.set_xlabel("Average number of false positives per scan")
-    ax.set_ylabel("Sensitivity")
+    froc_axes(ax)
     ax.set_title("FROC: cross-validation (pooled and per fold) and external sets")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()

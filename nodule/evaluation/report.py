@@ -147,6 +147,23 @@ def format_summary(result: FrocResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+FROC_GRID = np.exp2(np.linspace(-3.0, 3.0, 1201))
+"""FP/scan points at which FROC curves are drawn (1/8 to 8, log-spaced)."""
+
+
+def froc_axes(ax: Any) -> None:
+    """The FROC plot's axes: log FP/scan 1/8..8 with the seven CPM rates as ticks, sensitivity 0..1."""
+    rates = np.asarray(FP_RATES)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(FP_RATES[0], FP_RATES[-1])
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.set_ylim(0, 1)
+    ax.set_yticks(np.linspace(0, 1, 11))
+    ax.grid(True, which="both", alpha=0.4)
+    ax.set_xlabel("Average number of false positives per scan")
+    ax.set_ylabel("Sensitivity")
+
+
 def plot_froc(result: FrocResult, path: str | Path, label: str = "CAD") -> Path:
     """Draw the FROC (log FP/scan axis 1/8..8), its bootstrap band, the seven operating points and the CPM.
 
@@ -163,10 +180,9 @@ def plot_froc(result: FrocResult, path: str | Path, label: str = "CAD") -> Path:
     path = Path(path)
     fig = Figure(figsize=(6.4, 4.8), dpi=150)
     ax = fig.add_subplot()
-    grid = np.exp2(np.linspace(-3.0, 3.0, 1201))
     ax.plot(
-        grid,
-        np.interp(grid, result.curve.fps, result.curve.sensitivity),
+        FROC_GRID,
+        np.interp(FROC_GRID, result.curve.fps, result.curve.sensitivity),
         color="C0",
         lw=2,
         label=label,
@@ -188,14 +204,7 @@ def plot_froc(result: FrocResult, path: str | Path, label: str = "CAD") -> Path:
         ax.annotate(
             f"{s:.3f}", (r, s), textcoords="offset points", xytext=(0, -14), ha=align, fontsize=8
         )
-    ax.set_xscale("log", base=2)
-    ax.set_xlim(FP_RATES[0], FP_RATES[-1])
-    ax.set_xticks(rates, [f"{r:g}" for r in rates])
-    ax.set_ylim(0, 1)
-    ax.set_yticks(np.linspace(0, 1, 11))
-    ax.grid(True, which="both", alpha=0.4)
-    ax.set_xlabel("Average number of false positives per scan")
-    ax.set_ylabel("Sensitivity")
+    froc_axes(ax)
     title = f"FROC - CPM {result.cpm:.3f}"
     if result.cpm_ci95 is not None:
         title += f" (95% CI {result.cpm_ci95[0]:.3f}-{result.cpm_ci95[1]:.3f})"
