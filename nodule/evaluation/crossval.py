@@ -69,6 +69,7 @@ from nodule.data.luna16 import (
 )
 from nodule.evaluation.froc import BootstrapUnit, FrocResult, evaluate_froc
 from nodule.evaluation.report import bootstrap_unit_for, froc_json
+from nodule.fingerprint import file_fingerprint, fingerprint
 from nodule.paths import cache_dir, write_text_atomic
 from nodule.training.checkpoints import read_best
 from nodule.training.cli import lightning_main
@@ -331,22 +332,21 @@ class InitialStateHash(Callback):
 
 
 def folder_fingerprint(root: Path) -> str:
-    """A hash of a LUNA16-layout folder's tables (candidates, annotations, excluded findings,
-    folds) and of the names of its images."""
+    """The fingerprint (:mod:`nodule.fingerprint`) of a LUNA16-layout folder's tables
+    (candidates, annotations, excluded findings, folds) and of the names of its images."""
     from nodule.training.datamodule import find_scans
 
-    digest = hashlib.sha256()
     files = [root / n for n in ("candidates.csv", "annotations.csv", "annotations_excluded.csv")]
     files += sorted((root / "folds").glob("subset*.csv"))
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes() if path.is_file() else b"<none>")
-    digest.update("\n".join(sorted(find_scans(root))).encode())
-    return digest.hexdigest()[:16]
+    tables = {path.name: file_fingerprint(path) if path.is_file() else None for path in files}
+    return fingerprint({"tables": tables, "scans": sorted(find_scans(root))})
 
 
-def _json_hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def wandb_run_id(run_dir: Path, name: str) -> str:
+    """The fixed W&B id of one run of a crossval folder (a fold, final, summary): the
+    folder's name and a short fingerprint of its path, so reruns resume the same runs."""
+    tag = fingerprint({"run_dir": str(run_dir)})[:6]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{run_dir.name}-{tag}-{name}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -479,7 +479,7 @@ class _Runner:
             ]
         if self.wandb is not None:
             group = self.run_dir.name
-            run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{_json_hash(str(self.run_dir))[:6]}-{name}")
+            run_id = wandb_run_id(self.run_dir, name)
             args += [
                 f"--trainer.logger.init_args.save_dir={folder}",
                 f"--trainer.logger.init_args.name={name}",
@@ -745,12 +745,12 @@ def _run_fold(
     """Train, select and predict one fold (or take its finished record)."""
     folder = runner.run_dir / plan.name
     fold_seed = seed + plan.test
-    fingerprint = _json_hash({**common, "plan": [plan.test, plan.val, list(plan.train)], "seed": fold_seed})
+    fold_fingerprint = fingerprint({**common, "plan": [plan.test, plan.val, list(plan.train)], "seed": fold_seed})
     previous = _read_json(folder / FOLD_JSON)
-    if previous is not None and previous.get("fingerprint") != fingerprint:
+    if previous is not None and previous.get("fingerprint") != fold_fingerprint:
         raise CrossvalError(
             f"{folder} holds a fold of another configuration, data or fold assignment "
-            f"(fingerprint {previous.get('fingerprint')} != {fingerprint}); use another --out"
+            f"(fingerprint {previous.get('fingerprint')} != {fold_fingerprint}); use another --out"
         )
     if previous is not None and previous.get("status") == "done" and (folder / PREDICTIONS).is_file():
         return previous, True
@@ -761,7 +761,7 @@ def _run_fold(
         "val_fold": plan.val,
         "train_folds": list(plan.train),
         "seed": fold_seed,
-        "fingerprint": fingerprint,
+        "fingerprint": fold_fingerprint,
         "status": "training",
         "minutes": float(previous.get("minutes", 0.0)) if previous else 0.0,
     }
@@ -798,9 +798,9 @@ def _run_final(runner: _Runner, folds: Sequence[int], seed: int, common: Mapping
     """Train (or take) the final model on every listed fold, no validation."""
     folder = runner.run_dir / "final"
     final_seed = seed + max(folds) + 1  # no fold's seed
-    fingerprint = _json_hash({**common, "plan": ["final", list(folds)], "seed": final_seed})
+    final_fingerprint = fingerprint({**common, "plan": ["final", list(folds)], "seed": final_seed})
     previous = _read_json(folder / FOLD_JSON)
-    if previous is not None and previous.get("fingerprint") != fingerprint:
+    if previous is not None and previous.get("fingerprint") != final_fingerprint:
         raise CrossvalError(f"{folder} holds a final model of another run; use another --out")
     if previous is not None and previous.get("status") == "done":
         return previous
@@ -810,7 +810,7 @@ def _run_final(runner: _Runner, folds: Sequence[int], seed: int, common: Mapping
         "train_folds": list(folds),
         "val_fold": None,
         "seed": final_seed,
-        "fingerprint": fingerprint,
+        "fingerprint": final_fingerprint,
         "status": "training",
         "minutes": 0.0,
     }
@@ -902,7 +902,7 @@ def _log_wandb_summary(runner: _Runner, summary: Mapping[str, Any]) -> None:
         job_type="summary",
         dir=str(runner.run_dir),
         mode=mode,  # type: ignore[arg-type]
-        id=re.sub(r"[^A-Za-z0-9_-]", "-", f"{group}-{_json_hash(str(runner.run_dir))[:6]}-summary"),
+        id=wandb_run_id(runner.run_dir, "summary"),
         resume="allow",
         config={"folds": summary["folds"], "seed": summary["seed"], "bootstrap": summary["bootstrap"]},
     )
