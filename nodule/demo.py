@@ -341,21 +341,14 @@ def _predict_and_score(
     from nodule.evaluation.froc import evaluate_froc
     from nodule.evaluation.real_scans import format_real_scan_figures, real_scan_figures
     from nodule.evaluation.report import bootstrap_unit_for
-    from nodule.training.cli import lightning_main
+    from nodule.training.cli import folder_data_args, lightning_main
 
-    folds = sorted(int(p.name.removeprefix("subset")) for p in dataset.glob("subset*") if p.is_dir())
     submission = out / f"{name}_submission.csv"
     lightning_main(
         [
             "predict",
             *base,
-            f"--data.init_args.root={dataset}",
-            f"--data.init_args.candidates={candidates}",
-            "--data.init_args.dataset=null",
-            "--data.init_args.train_folds=[]",
-            "--data.init_args.val_folds=[]",
-            "--data.init_args.test_folds=[]",
-            f"--data.init_args.predict_folds={folds}",
+            *folder_data_args(dataset, candidates=candidates),
             "--trainer.logger=false",
             f"--submission.output={submission}",
             f"--ckpt_path={checkpoint}",

@@ -58,6 +58,8 @@ from nodule.data.luna16 import (
 from nodule.fingerprint import check_fingerprint, file_fingerprint, fingerprint
 from nodule.paths import write_text_atomic
 from nodule.training.checkpoints import best_checkpoint
+from nodule.training.cli import folder_data_args
+from nodule.training.datamodule import folder_folds
 
 FUSIONS = ("committee", "late", "mixed")
 RUN_FILE = "run.json"
@@ -196,16 +198,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     figures["external"] = []
     for external in args.external:
         ext_sub = run / f"external_{external.name}_submission.csv"
-        ext_folds = read_folds(external / "folds")
+        ext_folds = folder_folds(external)
         if not is_done(ext_sub):
-            ext = [
-                f"--data.init_args.root={external}",
-                "--data.init_args.dataset=null",
-                "--data.init_args.train_folds=[]",
-                "--data.init_args.val_folds=[]",
-                "--data.init_args.test_folds=[]",
-                f"--data.init_args.predict_folds=[{','.join(str(k) for k in sorted(ext_folds))}]",
-            ]
+            ext = folder_data_args(external)
             _nodule(["predict", *common, *ext, f"--ckpt_path={best}", f"--submission.output={ext_sub}"])
             mark_done(ext_sub)
         ext_uids = [u for uids in ext_folds.values() for u in uids]

@@ -63,7 +63,6 @@ from pytorch_lightning.callbacks import Callback
 from nodule.data.luna16 import (
     read_annotations,
     read_excluded,
-    read_folds,
     read_submission,
     write_submission,
 )
@@ -72,7 +71,8 @@ from nodule.evaluation.report import bootstrap_unit_for, froc_json
 from nodule.fingerprint import file_fingerprint, fingerprint
 from nodule.paths import cache_dir, write_text_atomic
 from nodule.training.checkpoints import read_best
-from nodule.training.cli import lightning_main
+from nodule.training.cli import folder_data_args, lightning_main
+from nodule.training.datamodule import folder_folds
 
 FOLD_JSON = "fold.json"
 PREDICTIONS = "predictions.csv"
@@ -151,22 +151,6 @@ def plan_folds(folds: Sequence[int]) -> list[FoldPlan]:
         val = folds[(i + 1) % len(folds)]
         plans.append(FoldPlan(test=k, val=val, train=tuple(f for f in folds if f not in (k, val))))
     return plans
-
-
-def fold_assignment(root: Path) -> dict[int, list[str]]:
-    """The scans of each fold that have an image: ``root/folds/subsetK.csv`` (as the data
-    module reads them), else the ``subsetK`` folders of the images."""
-    from nodule.training.datamodule import find_scans
-
-    scans = find_scans(root)
-    if (root / "folds").is_dir():
-        folds = read_folds(root / "folds")
-        return {k: [u for u in uids if u in scans] for k, uids in sorted(folds.items())}
-    out: dict[int, list[str]] = {}
-    for uid, (_, subset) in scans.items():
-        if subset is not None:
-            out.setdefault(subset, []).append(uid)
-    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------------- guards
@@ -435,31 +419,12 @@ class _Runner:
     root: Path
     wandb: dict[str, Any] | None
 
-    def data_args(self, root: Path, train: Sequence[int], val: Sequence[int], predict: Sequence[int]) -> list[str]:
-        """The data module's folder, tables and folds (every table of ``root``, whatever the
-        configuration names; the patch cache in its default folder for ``root``)."""
-        excluded = root / "annotations_excluded.csv"
-        folds = root / "folds"
-        return [
-            "--data.init_args.dataset=null",  # crossval checks the split itself (crossval roles)
-            f"--data.init_args.root={root}",
-            f"--data.init_args.candidates={root / 'candidates.csv'}",
-            f"--data.init_args.annotations={root / 'annotations.csv'}",
-            f"--data.init_args.excluded={excluded if excluded.is_file() else 'null'}",
-            f"--data.init_args.folds={folds if folds.is_dir() else 'null'}",
-            "--data.init_args.cache_dir=null",
-            f"--data.init_args.train_folds={list(train)}",
-            f"--data.init_args.val_folds={list(val)}",
-            "--data.init_args.test_folds=[]",
-            f"--data.init_args.predict_folds={list(predict)}",
-        ]
-
     def fit(self, name: str, train: Sequence[int], val: Sequence[int], seed: int) -> tuple[Path, InitialStateHash, Any]:
         """Train one model in ``run_dir/name`` (resuming from its ``last.ckpt``)."""
         folder = self.run_dir / name
         checkpoints = folder / "checkpoints"
         args = ["fit", "--config", str(self.config), *self.overrides]
-        args += self.data_args(self.root, train, val, [])
+        args += folder_data_args(self.root, train, val, [])  # crossval checks the split itself
         args += [
             f"--seed_everything={seed}",
             f"--data.init_args.seed={seed}",
@@ -498,7 +463,7 @@ class _Runner:
         """Predict every candidate of ``folds`` of ``root`` with a checkpoint; write ``out``
         (atomically, as every LUNA16 table) and return the submission."""
         args = ["predict", "--config", str(self.config), *self.overrides]
-        args += self.data_args(root, [], [], folds)
+        args += folder_data_args(root, predict=folds)
         args += [
             f"--trainer.default_root_dir={out.with_suffix('')}",  # its config.yaml, beside the fit's
             f"--checkpoint.dirpath={checkpoint.parent}",
@@ -547,7 +512,7 @@ def _external_sets(folders: Sequence[Path]) -> list[ExternalSet]:
         while name in names:
             name += "_"
         names.add(name)
-        out.append(ExternalSet(root, name, fold_assignment(root), folder_fingerprint(root)))
+        out.append(ExternalSet(root, name, folder_folds(root), folder_fingerprint(root)))
     return out
 
 
@@ -639,7 +604,7 @@ def run_crossval(
 
     # ---- guards, before anything trains
     description = load_split(split)
-    assignment = fold_assignment(root)
+    assignment = folder_folds(root)
     missing = [k for k in fold_list if not assignment.get(k)]
     if missing:
         raise CrossvalError(f"{root}: folds {missing} hold no scan with an image")

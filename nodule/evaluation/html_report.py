@@ -249,8 +249,8 @@ def load_report_data(run_dir: Path) -> ReportData:
     Raises:
         FileNotFoundError: no ``summary.json`` (the run has not finished).
     """
-    from nodule.evaluation.crossval import fold_assignment
     from nodule.training.callbacks import missed_nodules, top_false_positives
+    from nodule.training.datamodule import folder_folds
 
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
@@ -271,7 +271,7 @@ def load_report_data(run_dir: Path) -> ReportData:
     for name, ext in (summary.get("external") or {}).items():
         ext_root = Path(ext["root"])
         table = read_submission(run_dir / "external" / name / "predictions.csv")
-        ext_uids = [u for scans in fold_assignment(ext_root).values() for u in scans]
+        ext_uids = [u for scans in folder_folds(ext_root).values() for u in scans]
         external.append((name, _evaluate(table, ext_root, ext_uids)))
     curves = [Curve(f"pooled CV (CPM {pooled.cpm:.3f})", pooled.curve, 3.0, "black")]
     curves += [Curve(f"{n} ({r.cpm:.3f})", r.curve, 1.0, f"C{i % 10}") for i, (n, r) in enumerate(folds)]

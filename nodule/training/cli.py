@@ -31,7 +31,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from pytorch_lightning.loggers import WandbLogger
 from nodule.paths import cache_dir
 from nodule.training.callbacks import SubmissionWriter, WandbFrocLogger
 from nodule.training.classifier import NoduleClassifier
-from nodule.training.datamodule import Luna16DataModule
+from nodule.training.datamodule import Luna16DataModule, folder_folds
 
 
 class LoggedConfigCallback(SaveConfigCallback):
@@ -139,6 +139,38 @@ def expand_config_paths(config: Any) -> None:
         for key in ("save_dir", "dir"):
             if init_args.get(key) is not None:
                 init_args[key] = _expanded(init_args[key])
+
+
+def folder_data_args(
+    root: Path,
+    train: Sequence[int] = (),
+    val: Sequence[int] = (),
+    predict: Sequence[int] | None = None,
+    candidates: Path | None = None,
+) -> list[str]:
+    """LightningCLI arguments that point the data module at one LUNA16-layout folder and
+    nothing else, whatever the configuration names: its tables (annotations and excluded
+    findings where they exist, ``candidates`` or ``root/candidates.csv``, its folds), the
+    patch cache in its default folder for ``root``, no split data set (the caller checks
+    the split), and the given folds (no test folds; ``predict`` default: every fold).
+    """
+    annotations = root / "annotations.csv"
+    excluded = root / "annotations_excluded.csv"
+    folds = root / "folds"
+    predict = list(folder_folds(root)) if predict is None else list(predict)
+    return [
+        "--data.init_args.dataset=null",
+        f"--data.init_args.root={root}",
+        f"--data.init_args.candidates={candidates or root / 'candidates.csv'}",
+        f"--data.init_args.annotations={annotations if annotations.is_file() else 'null'}",
+        f"--data.init_args.excluded={excluded if excluded.is_file() else 'null'}",
+        f"--data.init_args.folds={folds if folds.is_dir() else 'null'}",
+        "--data.init_args.cache_dir=null",
+        f"--data.init_args.train_folds={list(train)}",
+        f"--data.init_args.val_folds={list(val)}",
+        "--data.init_args.test_folds=[]",
+        f"--data.init_args.predict_folds={predict}",
+    ]
 
 
 class NoduleCLI(LightningCLI):

@@ -104,6 +104,21 @@ def find_scans(root: Path) -> dict[str, tuple[Path, int | None]]:
     return found
 
 
+def folder_folds(root: Path) -> dict[int, list[str]]:
+    """The scans of each fold of a LUNA16-layout folder that have an image:
+    ``root/folds/subsetK.csv`` (as the data module reads them), else the ``subsetK``
+    folders of the images."""
+    scans = find_scans(root)
+    if (root / "folds").is_dir():
+        folds = read_folds(root / "folds")
+        return {k: [u for u in uids if u in scans] for k, uids in sorted(folds.items())}
+    out: dict[int, list[str]] = {}
+    for uid, (_, subset) in scans.items():
+        if subset is not None:
+            out.setdefault(subset, []).append(uid)
+    return dict(sorted(out.items()))
+
+
 def read_candidate_table(path: Path) -> pd.DataFrame:
     """Read candidates: a LUNA16 candidates table (with ``class``) or a submission-like table
     (with ``probability``, as ``nodule candidates`` writes), extra columns kept.
@@ -396,14 +411,15 @@ class Luna16DataModule(pl.LightningDataModule):
         self, dataset: str, *given: list[int] | None
     ) -> tuple[list[int], list[int], list[int]]:
         """The train, validation and test folds of a split data set; given lists must agree."""
-        entry = load_split(self.split_file).dataset(dataset)
+        split = load_split(self.split_file)
+        entry = split.dataset(dataset)
         roles: tuple[Role, Role, Role] = ("train", "val", "test")
         folds = tuple(entry.folds(role) for role in roles)
         for role, want, got in zip(roles, folds, given, strict=True):
             if got is not None and sorted(got) != want:
                 raise ValueError(
                     f"{role}_folds {got} differ from the {role} subsets {want} of data set {dataset} "
-                    f"in {load_split(self.split_file).path}"
+                    f"in {split.path}"
                 )
         return folds[0], folds[1], folds[2]
 
