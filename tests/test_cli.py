@@ -37,7 +37,9 @@ def test_candidates_records_a_missing_study_and_goes_on(
 ) -> None:
     missing = tmp_path / "no_such_study.mhd"
     out = tmp_path / "candidates.csv"
-    main(["candidates", str(missing), "--out", str(out), "--progress", "false"])
+    with pytest.raises(SystemExit) as info:  # every study failed: exit status 1
+        main(["candidates", str(missing), "--out", str(out), "--progress", "false"])
+    assert info.value.code == 1
     summary = pd.read_csv(tmp_path / "candidates_summary.csv")
     assert len(summary) == 1
     assert summary["status"].iloc[0] != "ok"

@@ -9,16 +9,21 @@ in parallel processes if asked, with a progress bar, and writes
   score) followed by the columns of :data:`~nodule.candidates.detect.CANDIDATE_COLUMNS`,
   a valid LUNA16 submission;
 * the summary CSV: one row per study with its status, the error (naming the file and
-  the problem) of a study that failed, lung volume, candidates per detector and the
-  seconds of each step.
+  the problem) of a study that failed, the warnings of its reading (e.g. a few NaN
+  voxels read as air), lung volume, candidates per detector and the seconds of each step.
 
-A study that fails (unreadable, no lungs, ...) is recorded and the batch goes on.
+A study that fails (unreadable, no lungs, ...) is recorded and the batch goes on; so is
+an input that yields no study (an empty folder, a folder without CT images): a failed
+row ``no CT study found in FOLDER: ...``. The output files are checked before any work
+starts (:func:`nodule.paths.check_output_file`): never an input, never inside an input
+study, an existing file only with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,13 +34,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from nodule.candidates.detect import DETECTORS, CandidateConfig, detect_candidates, empty_candidates
+from nodule.errors import InputWarning
 from nodule.io import DICOM_SUFFIXES, VOLUME_SUFFIXES, looks_like_dicom, read_volume
+from nodule.paths import OutputPathError, check_output_file
 
 SUMMARY_COLUMNS = (
     "study",
     "seriesuid",
     "status",
     "error",
+    "warnings",
     "lung_ml",
     *(f"n_{d}" for d in DETECTORS),
     "n_candidates",
@@ -94,6 +102,81 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield here
 
 
+@dataclass(frozen=True)
+class Study:
+    """One entry of :func:`discover`: a study path, or an input that yields none.
+
+    Attributes:
+        path: the study (file or DICOM folder), or the input that yields no study.
+        problem: None for a study; else why the input yields none
+            (``no CT study found in FOLDER: ...``).
+    """
+
+    path: Path
+    problem: str | None = None
+
+
+def _no_study_reason(folder: Path) -> str:
+    """Why a folder yields no study (its content, briefly)."""
+    files: list[Path] = []
+    folders: list[str] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".")]
+        folders.extend(dirs)
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+        if len(files) > 1000:
+            break
+    if not files:
+        what = f"it holds only {len(folders)} empty subfolder(s)" if folders else "it is empty"
+    else:
+        example = ", ".join(p.name for p in files[:3])
+        what = (
+            f"{len(files)}{'+' if len(files) > 1000 else ''} file(s), none a volume "
+            f"({', '.join(VOLUME_SUFFIXES)}) or a DICOM image (e.g. {example})"
+        )
+    return f"no CT study found in {folder}: {what}"
+
+
+def discover(inputs: Sequence[str | os.PathLike[str]]) -> list[Study]:
+    """:func:`discover_studies` with the inputs that yield no study kept as entries with a
+    problem, in input order: an empty folder, a folder without volume or DICOM files
+    (``no CT study found in FOLDER: ...``). A path that does not exist is kept as a study
+    (reading it names the problem).
+
+    Args:
+        inputs: files and folders.
+
+    Returns:
+        The entries, studies without duplicates.
+    """
+    found: list[Study] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        studies = _studies_of(path)
+        if not studies and path.is_dir():
+            found.append(Study(path, _no_study_reason(path)))
+        for study in studies:
+            if study not in seen:
+                seen.add(study)
+                found.append(Study(study))
+    return found
+
+
+def _studies_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        subsets = sorted(p for p in path.glob("subset*") if p.is_dir())
+        if subsets:
+            return sorted(
+                f
+                for s in subsets
+                for f in s.iterdir()
+                if f.suffix == ".mhd" or (f.is_dir() and not f.name.startswith("."))
+            )
+        return list(_walk(path))
+    return [path]
+
+
 def discover_studies(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """One path per study, in input order, without duplicates.
 
@@ -109,22 +192,9 @@ def discover_studies(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         inputs: files and folders.
 
     Returns:
-        The study paths.
+        The study paths (inputs that yield no study are left out; see :func:`discover`).
     """
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            subsets = sorted(p for p in path.glob("subset*") if p.is_dir())
-            if subsets:
-                found.extend(
-                    sorted(f for s in subsets for f in s.iterdir() if f.suffix == ".mhd" or (f.is_dir() and not f.name.startswith(".")))
-                )
-            else:
-                found.extend(_walk(path))
-        else:
-            found.append(path)
-    return list(dict.fromkeys(found))
+    return [entry.path for entry in discover(inputs) if entry.problem is None]
 
 
 def _error_text(path: Path, exc: BaseException) -> str:
@@ -143,10 +213,17 @@ def process_study(path: Path, config: CandidateConfig | None = None) -> tuple[pd
         The candidates (empty on failure) and the summary row (:data:`SUMMARY_COLUMNS`).
     """
     row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
-    row.update(study=str(path), seriesuid="", status="ok", error="")
+    row.update(study=str(path), seriesuid="", status="ok", error="", warnings="")
     start = time.perf_counter()
     try:
-        volume = read_volume(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            volume = read_volume(path)
+        for w in caught:
+            if issubclass(w.category, InputWarning):
+                row["warnings"] = "; ".join(filter(None, [row["warnings"], str(w.message)]))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         row["seconds_read"] = time.perf_counter() - start
         row["seriesuid"] = volume.series_uid
         result = detect_candidates(volume, None, config or CandidateConfig())
@@ -168,6 +245,12 @@ def _job(args: tuple[Path, CandidateConfig | None]) -> tuple[pd.DataFrame, dict[
     return process_study(*args)
 
 
+def _failed_row(path: Path, error: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    row.update(study=str(path), seriesuid="", status="error", error=error, warnings="")
+    return row
+
+
 def summary_path_for(out: Path) -> Path:
     """Default summary path next to the candidate CSV: ``<stem>_summary.csv``."""
     return out.with_name(f"{out.stem}_summary.csv")
@@ -181,39 +264,63 @@ def run_batch(
     summary: str | os.PathLike[str] | None = None,
     config: CandidateConfig | None = None,
     progress: bool = True,
+    overwrite: bool = True,
 ) -> BatchResult:
     """Detect candidates in every study of ``inputs`` and write the CSVs.
 
+    The output paths are checked first (:func:`nodule.paths.check_output_file`): an
+    output that is an input or lies inside an input study is refused, and so is an
+    existing output unless ``overwrite``. Every study that fails, and every input that
+    yields no study, is a failed row of the summary.
+
     Args:
-        inputs: files and folders (see :func:`discover_studies`).
+        inputs: files and folders (see :func:`discover`).
         out: candidate CSV to write; None writes nothing.
         jobs: worker processes (1: in this process).
         summary: summary CSV; default ``<out stem>_summary.csv`` beside ``out``.
         config: candidate parameters (None: defaults).
         progress: show a progress bar over the studies.
+        overwrite: replace existing output files (the command's default is not to).
 
     Returns:
         The candidates and the summary.
+
+    Raises:
+        OutputPathError: an output path is refused (before any study is read).
     """
     from nodule.data.luna16 import write_csv, write_submission
 
-    studies = discover_studies(inputs)
-    results: list[tuple[pd.DataFrame, dict[str, Any]] | None] = [None] * len(studies)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    summary_out = None
+    if out is not None:
+        summary_out = Path(summary) if summary is not None else summary_path_for(Path(out))
+        given = [Path(p) for p in inputs]
+        check_output_file(Path(out), given, overwrite=overwrite)
+        check_output_file(summary_out, given, overwrite=overwrite)
+        if Path(out).resolve() == summary_out.resolve():
+            raise OutputPathError(f"{summary_out}: the summary would overwrite the candidate CSV")
+    entries = discover(inputs)
+    studies = [e.path for e in entries if e.problem is None]
+    todo = [i for i, e in enumerate(entries) if e.problem is None]
+    results: list[tuple[pd.DataFrame, dict[str, Any]] | None] = [
+        None if e.problem is None else (empty_candidates(), _failed_row(e.path, e.problem))
+        for e in entries
+    ]
     bar = tqdm(total=len(studies), unit="study", disable=not progress, desc="candidates")
     if jobs <= 1 or len(studies) <= 1:
-        for i, path in enumerate(studies):
-            results[i] = process_study(path, config)
+        for i in todo:
+            results[i] = process_study(entries[i].path, config)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_job, (path, config)): i for i, path in enumerate(studies)}
+            futures = {pool.submit(_job, (entries[i].path, config)): i for i in todo}
             for future in as_completed(futures):
                 i = futures[future]
                 try:
                     results[i] = future.result()
                 except Exception as exc:  # the worker itself died
-                    row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
-                    row.update(study=str(studies[i]), seriesuid="", status="error", error=_error_text(studies[i], exc))
+                    row = _failed_row(entries[i].path, _error_text(entries[i].path, exc))
                     results[i] = (empty_candidates(), row)
                 bar.update()
     bar.close()
@@ -226,8 +333,8 @@ def run_batch(
             table[column] = table[column].astype("Int64")
         elif column.startswith(("seconds_", "lung_")):
             table[column] = table[column].astype("float64")
-    out_path = summary_out = None
-    if out is not None:
+    out_path = None
+    if out is not None and summary_out is not None:
         out_path = write_submission(candidates, Path(out))
-        summary_out = write_csv(table, Path(summary) if summary is not None else summary_path_for(Path(out)))
+        summary_out = write_csv(table, summary_out)
     return BatchResult(candidates, table, out_path, summary_out)
