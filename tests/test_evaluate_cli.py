@@ -49,8 +49,10 @@ def _run(
     out: Path,
     *extra: str,
     names: tuple[str, ...] = ("excluded", "seriesuids"),
+    debug: bool = False,
 ) -> None:
     args = [
+        *(["--debug"] if debug else []),
         "evaluate",
         "--predictions",
         str(files["predictions"]),
@@ -126,8 +128,11 @@ def test_evaluate_rejects_a_bad_submission(files: dict[str, Path], tmp_path: Pat
     bad = tmp_path / "bad.csv"
     bad.write_text("seriesuid,coordX,coordY,coordZ\n1.2.840.0,1,2,3\n")
     files["predictions"] = bad
-    with pytest.raises(Luna16FormatError, match="probability"):
+    with pytest.raises(SystemExit) as info:  # one line, exit status 1 (nodule.errors)
         _run(files, tmp_path / "out", "--bootstrap", "0")
+    assert info.value.code == 1
+    with pytest.raises(Luna16FormatError, match="probability"):
+        _run(files, tmp_path / "out", "--bootstrap", "0", debug=True)
 
 
 def test_bootstrap_unit_for(tmp_path: Path) -> None:
@@ -162,7 +167,7 @@ def test_evaluate_bootstrap_unit_auto_follows_the_set(
     assert forced["bootstrap_unit"] == "scan" and forced["cpm_ci95"] != report["cpm_ci95"]
     assert "resamples of scans" in capsys.readouterr().out
     with pytest.raises(ValueError, match="bootstrap_unit"):
-        _run(files, tmp_path / "bad", "--bootstrap_unit", "patient")
+        _run(files, tmp_path / "bad", "--bootstrap_unit", "patient", debug=True)
 
 
 def test_evaluate_with_manifest_writes_a_breakdown(

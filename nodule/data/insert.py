@@ -707,15 +707,41 @@ def build_insert_dataset(
     Returns:
         The output folder.
 
+    The arguments, the CT (read and its lungs segmented) and the known findings are
+    checked before the output folder is created, so a bad ``ct`` leaves nothing behind;
+    on resume every finished scan is checked against its sidecar's sizes and hashes and a
+    damaged one is made again.
+
     Raises:
-        ValueError: ``out`` holds a set made with other parameters, or more scans than
-            ``scans``.
+        ValueError: a bad argument; the CT cannot be read (:class:`~nodule.io.VolumeReadError`)
+            or holds no lungs; ``out`` holds a set made with other parameters, or more
+            scans than ``scans``.
+        OutputPathError: ``out`` cannot be written or is inside the input.
     """
     from nodule.data import layout
     from nodule.io import read_volume
+    from nodule.paths import check_output_dir
 
+    for name, number, least in (("scans", scans, 1), ("seed", seed, 0)):
+        if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {number!r}")
+    lo, hi = nodules_per_scan
+    if not 1 <= lo <= hi:
+        raise ValueError(f"nodules_per_scan must be a range 1 <= lo <= hi, got {nodules_per_scan!r}")
     out = Path(out)
+    inputs = [Path(p) for p in (ct, excluded) if p is not None and not isinstance(p, Volume)]
+    check_output_dir(out, inputs, overwrite=True)
+    # everything that can fail on a bad input runs before the folder is claimed (created)
     base = ct if isinstance(ct, Volume) else read_volume(ct)
+    if lung_labels is None:
+        from nodule.lung import NoLungFoundError, segment_lungs
+
+        try:
+            lung_labels = segment_lungs(base).labels
+        except NoLungFoundError as exc:
+            raise NoLungFoundError(f"{ct if not isinstance(ct, Volume) else base.series_uid}: {exc}") from exc
+    elif lung_labels.shape != base.shape:
+        raise ValueError(f"lung_labels shape {lung_labels.shape} differs from the CT's {base.shape}")
     bank = bank if bank is not None else load_shape_bank("insert")
     findings = pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
     if excluded is not None:
@@ -728,12 +754,8 @@ def build_insert_dataset(
             )
     params = insert_params(base.series_uid, seed, findings, nodules_per_scan, bank)
     uids = [derived_uid("nodule-insert", base.series_uid, seed, i) for i in range(scans)]
-    record = layout.claim_folder(out, params, uids)
-    if lung_labels is None:
-        from nodule.lung import segment_lungs
-
-        lung_labels = segment_lungs(base).labels
     maps = placement_maps(base, lung_labels > 0)
+    record = layout.claim_folder(out, params, uids)
     f_xyz = findings[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64).reshape(-1, 3)
     f_d = findings["diameter_mm"].to_numpy(dtype=np.float64)
     noise_report: list[float] = []

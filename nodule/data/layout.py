@@ -13,9 +13,13 @@
     DIR/scans.csv                           one row per scan
     DIR/generator.json                      what made the set: parameters, scans, fingerprint
 
-A scan counts as complete when its sidecar exists: the image is written under a
+A scan counts as complete when its sidecar exists and its image files match the sizes
+and BLAKE2b hashes the sidecar records (``files``): the image is written under a
 temporary name and renamed into place first, then the sidecar likewise, so an
-interrupted job leaves no half scan that looks complete. ``nodule synth`` and
+interrupted job leaves no half scan that looks complete, and a data file damaged later
+(a truncated or corrupted ``.zraw``) is found on resume and the scan made again, with a
+warning (:func:`is_complete`). Sidecars written before the record existed get a cheaper
+check: the ``.mhd`` data file's size against its header. ``nodule synth`` and
 ``nodule insert`` both write through this module: :func:`claim_folder` first (a folder
 is resumed or extended only by a job with the same parameters, never shrunk), then the
 scans, then :func:`assemble_tables` from the job's own scans.
@@ -23,8 +27,11 @@ scans, then :func:`assemble_tables` from the job's own scans.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +45,7 @@ from nodule.data.luna16 import (
     write_folds,
     write_seriesuids,
 )
+from nodule.errors import InputWarning
 from nodule.fingerprint import check_fingerprint, fingerprint
 from nodule.io import Volume, write_dicom_series, write_volume
 from nodule.paths import write_text_atomic
@@ -64,9 +72,116 @@ def sidecar_path(root: Path, index: int, series_uid: str) -> Path:
     return Path(root) / f"subset{subset_of(index)}" / f"{series_uid}.json"
 
 
-def is_complete(root: Path, index: int, series_uid: str, fmt: Format) -> bool:
-    """Whether scan ``index`` was written completely (image and sidecar present)."""
-    return sidecar_path(root, index, series_uid).exists() and scan_path(root, index, series_uid, fmt).exists()
+FILES_KEY = "files"
+"""Sidecar key: ``{file name relative to the subset folder: {"bytes": n, "blake2b": hex}}``."""
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and BLAKE2b (128-bit) hash of a file, as the sidecar records it."""
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "blake2b": h.hexdigest()}
+
+
+def _scan_files(scan: Path) -> list[Path]:
+    """The files of a written scan: ``.mhd`` and its data file(s), or a DICOM folder's files."""
+    if scan.is_dir():
+        return sorted(p for p in scan.iterdir() if p.is_file())
+    return [scan, *(p for p in (scan.with_suffix(".zraw"), scan.with_suffix(".raw")) if p.exists())]
+
+
+def scan_problem(root: Path, index: int, series_uid: str, fmt: Format) -> str | None:
+    """Why scan ``index`` is not complete and intact, or None when it is.
+
+    Complete: the sidecar and the image exist. Intact: every file the sidecar records
+    (:data:`FILES_KEY`) has its recorded size and hash; for a sidecar without the record
+    (older sets) a ``.mhd``'s data file must have the size its header gives
+    (``CompressedDataSize``, or DimSize x ElementType when not compressed).
+
+    Returns:
+        None, or a short reason (``no sidecar`` for a scan never finished).
+    """
+    side = sidecar_path(root, index, series_uid)
+    scan = scan_path(root, index, series_uid, fmt)
+    if not side.exists():
+        return "no sidecar"
+    if not scan.exists():
+        return f"{scan} is missing"
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{side} is unreadable ({exc})"
+    files = record.get(FILES_KEY) if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return _legacy_mhd_problem(scan) if fmt == "mhd" else None
+    for name, expected in sorted(files.items()):
+        path = side.parent / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{path} has {size} bytes, {expected.get('bytes')} were written"
+        if file_record(path)["blake2b"] != expected.get("blake2b"):
+            return f"{path} differs from what was written (hash)"
+    if scan.is_dir():
+        recorded = {side.parent / name for name in files}
+        extra = [p for p in _scan_files(scan) if p not in recorded]
+        if extra:
+            return f"{scan} holds {len(extra)} file(s) that were not written with it (e.g. {extra[0].name})"
+    return None
+
+
+_MHD_SIZES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+    "MET_UINT": 4, "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG": 8, "MET_ULONG": 8,
+}
+
+
+def _legacy_mhd_problem(header: Path) -> str | None:
+    """A ``.mhd`` whose data file's size disagrees with its header, or None."""
+    try:
+        text = header.read_text(errors="replace")
+    except OSError as exc:
+        return f"{header} is unreadable ({exc})"
+    keys = dict(re.findall(r"^\s*(\w+)\s*=\s*(.*?)\s*$", text, flags=re.MULTILINE))
+    name = keys.get("ElementDataFile", "")
+    if not name or name == "LOCAL" or name.startswith("LIST"):
+        return None
+    data = header.parent / name
+    if not data.is_file():
+        return f"{data} is missing"
+    size = data.stat().st_size
+    if keys.get("CompressedData", "").lower() == "true":
+        expected = int(keys.get("CompressedDataSize", "0") or 0)
+    else:
+        try:
+            n = 1
+            for v in keys.get("DimSize", "").split():
+                n *= int(v)
+            expected = n * _MHD_SIZES[keys.get("ElementType", "")]
+        except (KeyError, ValueError):
+            return None
+    if expected and size != expected:
+        return f"{data} has {size} bytes, its header gives {expected}"
+    return None
+
+
+def is_complete(root: Path, index: int, series_uid: str, fmt: Format, *, verify: bool = True) -> bool:
+    """Whether scan ``index`` was written completely (image and sidecar present) and, with
+    ``verify``, is intact (:func:`scan_problem`); a damaged scan warns (:class:`InputWarning`)
+    and counts as not complete, so that a resumed job makes it again."""
+    if not verify:
+        return sidecar_path(root, index, series_uid).exists() and scan_path(root, index, series_uid, fmt).exists()
+    problem = scan_problem(root, index, series_uid, fmt)
+    if problem is not None and problem != "no sidecar":
+        warnings.warn(
+            f"{Path(root)}: scan {index} ({series_uid}) is damaged: {problem}; it is made again",
+            InputWarning,
+            stacklevel=2,
+        )
+    return problem is None
 
 
 def write_scan(
@@ -108,7 +223,8 @@ def write_scan(
     else:
         raise ValueError(f"format must be 'mhd' or 'dicom', got {fmt!r}")
     side = sidecar_path(root, index, uid)
-    write_text_atomic(side, json.dumps(record, indent=1, sort_keys=True, default=float))
+    files = {str(p.relative_to(side.parent)): file_record(p) for p in _scan_files(final)}
+    write_text_atomic(side, json.dumps({**record, FILES_KEY: files}, indent=1, sort_keys=True, default=float))
     return final
 
 
@@ -138,7 +254,8 @@ def claim_folder(
     """Check that a job may write its set into ``root``, then record it in ``generator.json``.
 
     A folder may be resumed or extended by a job with the same parameters: its
-    ``generator.json`` must hold the same parameters and fingerprint
+    ``generator.json`` must hold the same parameters and fingerprint, unless the folder
+    holds no scan (sidecar) at all (a job that failed before its first scan binds nothing)
     (:func:`nodule.fingerprint.check_fingerprint`), and it may hold no scan (sidecar)
     other than the job's own, scan ``i`` with uid ``series_uids[i]``; so a rerun asking
     for fewer scans than the folder holds is refused, and so is a folder with scans but
@@ -165,6 +282,8 @@ def claim_folder(
     old = read_generator(root)
     own = {sidecar_path(root, i, uid) for i, uid in enumerate(series_uids)}
     foreign = sorted(p for p in root.glob("subset*/*.json") if p not in own)
+    if old is not None and not foreign and not any(p.exists() for p in own):
+        old = None  # a job that failed before its first scan: nothing to protect
     if old is None and (foreign or any(p.exists() for p in own)):
         raise ValueError(
             f"{root} holds scans but no {GENERATOR_FILE}: cannot tell what made them; "

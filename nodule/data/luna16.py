@@ -169,8 +169,36 @@ def read_table(
     except pd.errors.EmptyDataError as error:
         raise Luna16FormatError(str(path), "empty file, expected a header line") from error
     except pd.errors.ParserError as error:
-        raise Luna16FormatError(str(path), f"not a valid CSV table ({error})") from error
+        raise Luna16FormatError(
+            str(path), f"not a valid CSV table ({error}){_separator_hint(path)}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise Luna16FormatError(str(path), f"not a text CSV file ({error})") from error
+    spec = _SPECS[kind]
+    if any(c not in table.columns for c in spec.required) and (hint := _separator_hint(path)):
+        raise Luna16FormatError(
+            str(path), f"missing column(s) for {kind}; expected {list(spec.required)}{hint}"
+        )
     return validate_table(table, kind, str(path), seriesuids, first_line=2)
+
+
+def _separator_hint(path: Path) -> str:
+    """``; the file looks semicolon-separated ...`` when its header line holds no comma but
+    semicolons (or tabs), else ``""``."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return ""
+    if "," in header:
+        return ""
+    for name, sep in (("semicolon", ";"), ("tab", "\t")):
+        if sep in header:
+            return (
+                f"; the file looks {name}-separated: LUNA16 tables are comma-separated "
+                "(in a spreadsheet, export as CSV with commas)"
+            )
+    return ""
 
 
 def read_annotations(path: str | Path, seriesuids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -8,16 +8,22 @@ sidecars of this run's scans (indices ``0 .. scans-1``). ``DIR/generator.json`` 
 the generator version, seed, parameters and their fingerprint
 (:func:`nodule.data.layout.claim_folder`): a rerun with other parameters into the same
 folder is refused, and so is a rerun asking for fewer scans than the folder holds (more
-scans extend the set).
+scans extend the set). Arguments are checked before anything is written
+(:func:`check_synth_arguments`), and a ``generator.json`` left by a job that failed
+before its first scan binds nothing. On resume each finished scan is checked against
+the sizes and hashes its sidecar records, and a damaged one is made again
+(:func:`nodule.data.layout.is_complete`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from tqdm import tqdm
 
 from nodule.data import phantom
@@ -31,6 +37,7 @@ from nodule.data.layout import (
 )
 from nodule.data.scanner import KERNELS, Kernel
 from nodule.data.shapes import BANK_VERSION, ShapeBank, load_shape_bank
+from nodule.paths import check_output_dir
 
 ShapeSource = Literal["lidc", "ellipsoid"]
 _BANK: ShapeBank | None = None
@@ -61,6 +68,53 @@ def _params(
         "shape_bank_version": BANK_VERSION if shapes == "lidc" else None,
         "shape_patients": shape_patients,
     }
+
+
+def check_synth_arguments(
+    scans: int,
+    seed: int,
+    preset: str,
+    fmt: str,
+    jobs: int,
+    slice_thickness: float | None,
+    pixel_spacing: float | None,
+    kernel: str | None,
+    noise: float | None,
+    shapes: str,
+    shape_patients: int | None,
+) -> None:
+    """Refuse bad arguments of :func:`run_synth` before anything is written.
+
+    Raises:
+        ValueError: naming the argument, its value and what it must be.
+    """
+    for name, value, allowed in (
+        ("preset", preset, tuple(phantom.PRESETS)),
+        ("format", fmt, ("mhd", "dicom")),
+        ("kernel", kernel, (None, *KERNELS)),
+        ("shapes", shapes, ("lidc", "ellipsoid")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    for name, number, least in (
+        ("scans", scans, 1),
+        ("seed", seed, 0),
+        ("jobs", jobs, 1),
+        ("shape_patients", shape_patients, 1),
+    ):
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {number!r}")
+    for name, size, zero_ok in (
+        ("slice_thickness", slice_thickness, False),
+        ("pixel_spacing", pixel_spacing, False),
+        ("noise", noise, True),
+    ):
+        if size is None:
+            continue
+        if not math.isfinite(size) or size < 0 or (size == 0 and not zero_ok):
+            raise ValueError(f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {size!r}")
 
 
 def _init_worker(shapes: str, shape_patients: int | None) -> None:
@@ -130,18 +184,13 @@ def run_synth(
         Name -> path of the dataset tables (plus ``generator``).
 
     Raises:
-        ValueError: ``out`` holds a set made with other parameters, or more scans than
-            ``scans``.
+        ValueError: a bad argument (checked before anything is written), or ``out``
+            holds a set made with other parameters, or more scans than ``scans``.
+        OutputPathError: ``out`` is not a folder that can be written.
     """
-    for name, value, allowed in (
-        ("preset", preset, tuple(phantom.PRESETS)),
-        ("format", fmt, ("mhd", "dicom")),
-        ("kernel", kernel, (None, *KERNELS)),
-        ("shapes", shapes, ("lidc", "ellipsoid")),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    check_synth_arguments(scans, seed, preset, fmt, jobs, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients)
     out = Path(out)
+    check_output_dir(out, [], overwrite=True)
     params = _params(seed, preset, fmt, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients)
     uids = [phantom.default_series_uid(seed, i, preset) for i in range(int(scans))]
     # sets made before the version was recorded used bank version 1

@@ -940,10 +940,15 @@ def evaluate_froc(
 
     Raises:
         Luna16FormatError: a table with missing columns or bad values.
-        ValueError: a seriesuid listed twice, or an unknown bootstrap unit.
+        ValueError: a seriesuid listed twice, an unknown bootstrap unit, a cap below 1 or a
+            negative number of resamples.
     """
     if bootstrap_unit not in BOOTSTRAP_UNITS:
         raise ValueError(f"bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {bootstrap_unit!r}")
+    if max_marks_per_scan is not None and max_marks_per_scan < 1:
+        raise ValueError(f"max_marks_per_scan must be at least 1 (or None), got {max_marks_per_scan}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     predictions = validate_table(predictions, "submission", "predictions")
     annotations = validate_table(annotations, "annotations", "annotations")
     if excluded is not None:
