@@ -285,6 +285,8 @@ def read_image_file(path: PathLike) -> Volume:
             or the image is not a single-component 3D image with more than one slice.
     """
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise VolumeReadError(f"{p}: empty file (0 bytes)")
     if p.suffix.lower() == ".mhd":
         _check_mhd_data_file(p)
     try:
@@ -429,6 +431,71 @@ def _check_mhd_data_file(path: Path) -> None:
         raise VolumeReadError(f"{path}: its data file {data} is missing")
     if not data.is_file():
         raise VolumeReadError(f"{path}: its data file {data} is not a regular file")
+    _check_mhd_data_size(path, text, data)
+
+
+_MET_TYPE_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+    "MET_UINT": 4, "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}
+
+
+def _check_mhd_data_size(path: Path, header: str, data: Path) -> None:
+    """A ``.mhd``'s data file must hold what its header announces: the raw size (DimSize x
+    ElementType x channels), or for compressed data ``CompressedDataSize`` bytes of an
+    intact zlib stream that inflates to the raw size (ITK reads a damaged stream without
+    a word)."""
+    keys = {k.lower(): v for k, v in re.findall(r"^\s*(\w+)\s*=\s*(.*?)\s*$", header, flags=re.MULTILINE)}
+    try:
+        n = math.prod(int(v) for v in keys.get("dimsize", "").split())
+        n *= int(keys.get("elementnumberofchannels", "1") or 1)
+        expected = n * _MET_TYPE_BYTES[keys.get("elementtype", "").upper()]
+        skip = int(keys.get("headersize", "0") or 0)
+    except (KeyError, ValueError):
+        return  # ITK reports a header it cannot use
+    if skip != 0 or not keys.get("dimsize"):
+        return
+    size = data.stat().st_size
+    if keys.get("compresseddata", "").lower() != "true":
+        if size < expected:
+            raise VolumeReadError(
+                f"{path}: cannot read image: its data file {data.name} is truncated: {size} bytes, the header "
+                f"needs {expected}"
+            )
+        return
+    announced = keys.get("compresseddatasize", "")
+    if announced.isdigit() and size < int(announced):
+        raise VolumeReadError(
+            f"{path}: cannot read image: its compressed data file {data.name} is truncated: {size} bytes, the "
+            f"header gives {announced}"
+        )
+    _check_zlib_stream(path, data, expected)
+
+
+def _check_zlib_stream(path: Path, data: Path, expected: int) -> None:
+    import zlib
+
+    inflate = zlib.decompressobj(47)  # zlib or gzip header
+    total = 0
+    try:
+        with data.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(inflate.decompress(chunk))
+                while inflate.unconsumed_tail:
+                    total += len(inflate.decompress(inflate.unconsumed_tail))
+                if inflate.eof:
+                    break
+            total += len(inflate.flush())
+    except zlib.error as exc:
+        raise VolumeReadError(
+            f"{path}: cannot read image: its compressed data file {data.name} is corrupt ({exc})"
+        ) from exc
+    if not inflate.eof or total != expected:
+        raise VolumeReadError(
+            f"{path}: cannot read image: its compressed data file {data.name} is truncated or corrupt: it inflates "
+            f"to {total} bytes, the header needs {expected}"
+        )
 
 
 def _check_3d_image(image: sitk.Image, path: Path) -> None:

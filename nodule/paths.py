@@ -140,11 +140,14 @@ def _is_study_folder(folder: Path) -> bool:
 def _input_conflict(out: Path, inputs: Sequence[Path]) -> str | None:
     """Why writing ``out`` (resolved) would touch an input, or None."""
     for given in inputs:
-        item = _resolved(Path(given))
-        if not item.exists():
-            continue
+        try:
+            item = Path(given).expanduser().resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop: nothing there to overwrite
+            item = Path(os.path.abspath(Path(given).expanduser()))
         if out == item:
             return f"it is an input ({given})"
+        if not item.exists():
+            continue
         if item.is_file():
             data = [_resolved(p) for p in _mhd_data_files(item)] if item.suffix.lower() == ".mhd" else []
             if out in data:
