@@ -6,3 +6,12 @@ synthetic data; ``cli`` wires the ``nodule`` command.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``nodule.detect(...)``: the Python API of ``nodule detect`` (imported on first use)."""
+    if name == "detect":
+        from nodule.detection import detect
+
+        return detect
+    raise AttributeError(f"module 'nodule' has no attribute {name!r}")

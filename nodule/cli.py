@@ -399,6 +399,119 @@ def report(runs: list[Path]) -> None:
         print(write_html_report(run)["html"])
 
 
+def detect(
+    inputs: list[Path],
+    out: Path,
+    checkpoint: Path | None = None,
+    workers: PositiveInt = 1,
+    shard: str | None = None,
+    threshold: float | None = None,
+    series_uid: str | None = None,
+    strict: bool = False,
+    max_candidates: PositiveInt = 150,
+    work_spacing_mm: PositiveFloat = 1.0,
+    max_overlays: NonNegativeInt = 20,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> None:
+    """Detect lung nodules in CT studies with a trained model (research use only, not for clinical use).
+
+    Writes into OUT, as each study finishes: studies/<id>.json (series, geometry, input
+    warnings, model, findings), overlays/<id>/<finding>.png, summary.csv (one row per
+    study: ok / failed / duplicate and why), detections.csv (a LUNA16 submission with
+    extras) and index.html (for review in a browser); ids are SeriesInstanceUIDs or file
+    stems, never folder names. A rerun skips finished studies (a killed batch resumes);
+    the same folder with other settings or another model is refused. Exit status: 1 when
+    no study succeeded (also when the inputs hold none), or any failed with --strict;
+    0 otherwise; 2 for bad arguments.
+
+    Args:
+        inputs: DICOM folders (several series: one study per CT series), .mhd/.mha/.nii(.gz)
+            files, folders of them, LUNA16-layout folders.
+        out: the batch folder.
+        checkpoint: a model file (nodule.models.bundle) or a Lightning checkpoint of nodule
+            fit; default: the model shipped in the package (see its MODEL_CARD.md).
+        workers: studies processed in parallel (processes with one thread each).
+        shard: I/N: only the I-th (from 0) of N disjoint parts of the studies; default from
+            SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set. Join shards with
+            nodule detect-merge.
+        threshold: report findings from this probability (default: the model's, chosen on
+            validation data when it was trained).
+        series_uid: only this series (SeriesInstanceUID, or the file stem of a volume file).
+        strict: exit with status 1 when any study failed.
+        max_candidates: candidates scored per study.
+        work_spacing_mm: voxel size of the candidate stage's working grid, mm.
+        max_overlays: overlay pictures per study at most (most probable first).
+        device: where the model runs (auto: a GPU when there is one).
+        retry_failed: also redo studies recorded as failed.
+        progress: show a progress bar.
+    """
+    from nodule.detection import DetectSettings
+    from nodule.detection import detect as run_detect
+    from nodule.detection.studies import parse_shard
+
+    settings = DetectSettings(
+        threshold=threshold,
+        max_candidates=max_candidates,
+        work_spacing_mm=work_spacing_mm,
+        max_overlays=max_overlays,
+        device=device,
+    )
+    result = run_detect(
+        inputs,
+        out,
+        checkpoint=checkpoint,
+        settings=settings,
+        workers=workers,
+        shard=parse_shard(shard),
+        series_uid=series_uid,
+        retry_failed=retry_failed,
+        progress=progress,
+    )
+    _report_batch(result, strict)
+
+
+def _report_batch(result: Any, strict: bool) -> None:
+    """Print a detect batch's outcome and end with its exit status."""
+    from nodule.errors import batch_exit_code
+
+    summary = result.summary
+    n = len(summary)
+    n_ok, n_failed = result.n_ok, result.n_failed
+    above = int(result.detections["above_threshold"].astype(bool).sum()) if len(result.detections) else 0
+    print(
+        f"{n_ok} of {n} studies ok, {n_failed} failed, {n - n_ok - n_failed} duplicate; "
+        f"{above} findings at or above the threshold; outputs in {result.out} "
+        f"(summary.csv, detections.csv, index.html)"
+    )
+    for row in summary[summary["status"] == "failed"].itertuples(index=False):
+        print(f"failed: {row.reason}", file=sys.stderr)
+    code = batch_exit_code(n_ok, n_failed, strict)
+    if code:
+        why = "no study found" if n == 0 else "every study failed" if n_ok == 0 else (
+            f"{n_failed} of {n} studies failed (--strict)"
+        )
+        print(f"nodule: error: {why}; see {result.out / 'summary.csv'}", file=sys.stderr)
+        raise SystemExit(code)
+
+
+def detect_merge(folders: list[Path], out: Path) -> None:
+    """Join the shard folders of one nodule detect batch: their records, study files and
+    overlays are gathered in OUT, and summary.csv, detections.csv and index.html are
+    written for the whole batch (OUT may be one of the folders, or the folder every shard
+    wrote into).
+
+    Args:
+        folders: shard folders of nodule detect --shard I/N.
+        out: the merged batch folder.
+    """
+    from nodule.detection import merge_batches
+
+    summary, detections = merge_batches(folders, out)
+    print(f"{len(summary)} studies, {len(detections)} detections -> {out}")
+
+
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
     "compare": compare,
@@ -406,6 +519,8 @@ COMMANDS: dict[str, Any] = {
     "synth": synth,
     "insert": insert,
     "candidates": candidates,
+    "detect": detect,
+    "detect-merge": detect_merge,
     "demo": demo,
     "split": {"check": split_check, "make": split_make},
     "crossval": crossval,
@@ -496,6 +611,8 @@ def _is_subcommand(args: Sequence[str], word: str) -> bool:
 
 POSITIONALS: dict[tuple[str, ...], str] = {
     ("candidates",): "--inputs",
+    ("detect",): "--inputs",
+    ("detect-merge",): "--folders",
     ("compare",): "--predictions",
     ("split", "make"): "--datasets",
     ("report",): "--runs",
@@ -520,10 +637,18 @@ def _positional_inputs(args: list[str]) -> list[str]:
 
 REPEATABLE: dict[tuple[str, ...], tuple[str, ...]] = {
     ("crossval",): ("--external", "--overrides"),
+    ("detect",): (),
 }
 """List options of commands that may be given once a value (``--external A --external B``)."""
 ALIASES: dict[tuple[str, ...], dict[str, str]] = {
     ("crossval",): {"--config": "--lightning_config"},
+    ("detect",): {
+        "--series-uid": "--series_uid",
+        "--retry-failed": "--retry_failed",
+        "--max-overlays": "--max_overlays",
+        "--max-candidates": "--max_candidates",
+        "--work-spacing-mm": "--work_spacing_mm",
+    },
 }
 """Options given under another name: jsonargparse keeps ``--config`` for configuration files
 and drops a command parameter named ``config``."""

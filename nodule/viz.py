@@ -23,10 +23,11 @@ LUNG_WINDOW = (-1350.0, 150.0)
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-    """Write a figure to ``path`` (parents created), close it and return the path."""
+    """Write a figure as PNG to ``path`` (parents created; any suffix, e.g. a temporary
+    file's), close it and return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    fig.savefig(out, dpi=dpi, format="png")
     plt.close(fig)
     return out
 
@@ -153,5 +154,54 @@ def render_candidates(
                     )
         ax.set_title(f"slice {z}: {int(near.sum())} candidates within {slab_mm:g} mm", fontsize=9)
         ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path, dpi=80)
+
+
+def render_finding(
+    volume: Volume,
+    center_xyz: tuple[float, float, float],
+    diameter_mm: float,
+    path: str | Path,
+    *,
+    title: str = "",
+    fov_mm: float | None = None,
+    size_px: int = 160,
+    window: tuple[float, float] = LUNG_WINDOW,
+) -> Path:
+    """Axial, coronal and sagittal crops through one finding at lung window, the finding circled.
+
+    The three planes are sampled in world space (:func:`nodule.patches.extract_patches`,
+    square pixels whatever the slice thickness), radiological orientation: patient left
+    on the image's right, anterior (axial) or superior (coronal, sagittal) at the top.
+
+    Args:
+        volume: the scan in HU.
+        center_xyz: the finding's centre, world mm.
+        diameter_mm: its estimated diameter (the circle is 1.5 times larger, at least 8 mm).
+        path: PNG to write.
+        title: a line above the panels (no patient identifiers).
+        fov_mm: side of each crop; default four times the diameter, 40 to 120 mm.
+        size_px: pixels per side of each crop.
+        window: HU display window.
+
+    Returns:
+        The PNG path.
+    """
+    from nodule.patches import PatchConfig, extract_patches
+
+    side = fov_mm if fov_mm is not None else float(np.clip(4.0 * diameter_mm, 40.0, 120.0))
+    config = PatchConfig(n_views=3, size_px=size_px, fov_mm=side)
+    views = extract_patches(volume, np.asarray([center_xyz], float), config, scaled=False)[0]
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
+    radius_px = max(1.5 * diameter_mm, 8.0) / 2 / config.pixel_mm
+    centre = (size_px - 1) / 2
+    for ax, view, name in zip(axes, views, ("axial", "coronal", "sagittal"), strict=True):
+        ax.imshow(view, cmap="gray", vmin=window[0], vmax=window[1])
+        ax.add_patch(Circle((centre, centre), radius_px, fill=False, color="r", lw=1.0))
+        ax.set_title(f"{name}, {side:.0f} mm", fontsize=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return _save(fig, path, dpi=80)
