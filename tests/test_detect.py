@@ -337,3 +337,27 @@ def test_bad_input_corpus_in_one_batch(tmp_path: Path) -> None:
             assert row["status"] == "ok", (name, row["reason"])
             assert (tmp_path / "out" / "studies" / f"{row['study_id']}.json").exists()
     assert result.exit_code() == 0 and result.exit_code(strict=True) == 1
+
+
+def _dying_work(ref, settings, out):  # type: ignore[no-untyped-def]
+    """A worker that dies on the study named by $NODULE_TEST_VICTIM (module level: pickled by name)."""
+    import nodule.detection.batch as batch_module
+
+    if str(ref.path) == os.environ.get("NODULE_TEST_VICTIM"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch_module.run_study(ref, batch_module._WORKER_MODEL, settings, out)
+
+
+def test_a_study_that_kills_its_worker_fails_alone(studies: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study whose worker dies (killed, out of memory) is tried again alone, then recorded as
+    failed; the other studies of the batch are done."""
+    import nodule.detection.batch as batch_module
+
+    victim = studies / "inbox" / "b" / "scan.nii.gz"
+    monkeypatch.setenv("NODULE_TEST_VICTIM", str(victim))
+    monkeypatch.setattr(batch_module, "_work", _dying_work)
+    result = detect([studies / "inbox"], tmp_path / "out", settings=FAST, workers=2, progress=False)
+    rows = result.summary.set_index("input")
+    assert rows.loc[str(victim), "status"] == "failed"
+    assert "worker processing it stopped" in rows.loc[str(victim), "reason"]
+    assert (rows["status"] == "ok").sum() == 2

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,11 +235,35 @@ def _run_parallel(
     workers: int,
     finish: Any,
 ) -> None:
-    """Run studies in ``workers`` processes; a worker that dies fails its study only."""
+    """Run studies in ``workers`` processes. A worker that dies (killed, out of memory) breaks
+    the pool and every study in flight with it: the rest of the batch goes on in a fresh
+    pool, and the studies that were in flight are tried again at the end one at a time, so
+    that only a study that kills its worker on its own is recorded as failed."""
+    queue = list(reversed(todo))
+    suspects: list[StudyRef] = []
+    while queue:
+        suspects += _pool_pass(queue, model_path, settings, out_dir, workers, finish)
+    for ref in suspects:
+        if _pool_pass([ref], model_path, settings, out_dir, 1, finish):
+            row = base_row(ref)
+            row["reason"] = f"{ref.path}: the worker processing it stopped (killed, or out of memory?)"
+            finish(StudyOutcome(None, row))
+
+
+def _pool_pass(
+    queue: list[StudyRef],
+    model_path: Path | None,
+    settings: DetectSettings,
+    out_dir: Path,
+    workers: int,
+    finish: Any,
+) -> list[StudyRef]:
+    """Run studies from ``queue`` (taken from its end) in one pool until it is empty or the
+    pool breaks; returns the studies in flight when it broke."""
+    broken: list[StudyRef] = []
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(model_path, 1)) as pool:
         pending: dict[Future[StudyOutcome], StudyRef] = {}
-        queue = list(reversed(todo))
-        while queue or pending:
+        while (queue or pending) and not broken:
             while queue and len(pending) < 2 * workers:
                 ref = queue.pop()
                 pending[pool.submit(_work, ref, settings, out_dir)] = ref
@@ -247,8 +272,13 @@ def _run_parallel(
                 ref = pending.pop(future)
                 try:
                     outcome = future.result()
-                except Exception as exc:  # the worker process itself died
+                except BrokenProcessPool:
+                    broken.append(ref)
+                    continue
+                except Exception as exc:  # e.g. a result that could not be sent back
                     row = base_row(ref)
-                    row["reason"] = f"{ref.path}: the worker processing it stopped ({type(exc).__name__}: {exc})"
+                    row["reason"] = f"{ref.path}: the worker failed ({type(exc).__name__}: {exc})"
                     outcome = StudyOutcome(None, row)
                 finish(outcome)
+        broken += list(pending.values())
+    return broken
