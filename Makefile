@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nodule-installed
 
-.PHONY: venv demo test lint typecheck pytest bench clean
+.PHONY: venv demo train-demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/nodule demo
+
+train-demo: $(STAMP)
+	$(BIN)/nodule demo --train true --out demo_train_out
 
 lint: $(STAMP)
 	$(BIN)/ruff check nodule tests scripts

