@@ -113,14 +113,19 @@ def main() -> None:
 
         model_out = (args.model_out or DEFAULT_MODEL).expanduser().resolve()
         timings = json.loads((out / TIMINGS).read_text()) if (out / TIMINGS).is_file() else {}
+        def plain(cmd: list[str]) -> str:
+            text = " ".join(cmd).replace(str(REPO_ROOT) + "/", "")
+            return text.replace(str(cache_dir()), "$NODULE_CACHE")
+
         shown = [
             "nodule split make train_seed2000 cv_small_seed7000 external_lidc0001_seed0 "
             "external_lidc0002_seed0 real_lidc --candidates true",
             ".venv/bin/python scripts/train_default_model.py",
-            "# which runs:",
-            " ".join(["python", "scripts/train_synth.py", *train_cmd[2:]]).replace(str(REPO_ROOT) + "/", ""),
-            " ".join(["nodule", *cv_cmd[1:]]).replace(str(REPO_ROOT) + "/", ""),
-            f"python -c 'from nodule.training.export import export_model; ...'  # export_model({out / 'default'}, {model_out})",
+            "# which runs, each step resumable:",
+            plain(["python", "scripts/train_synth.py", *train_cmd[2:]]),
+            plain(["nodule", *cv_cmd[1:]]),
+            plain(["python", "scripts/train_default_model.py", "--stages", "export"])
+            + f"  # export_model(OUT/default, {plain([str(model_out)])})",
         ]
         bundle = export_model(
             out / "default",
