@@ -516,6 +516,44 @@ def detect_merge(folders: list[Path], out: Path) -> None:
     print(f"{len(summary)} studies, {len(detections)} detections -> {out}")
 
 
+def export(
+    run: Path,
+    out: Path | None = None,
+    checkpoint: Path | None = None,
+    results: Path | None = None,
+    crossval: Path | None = None,
+    recipe: Path | None = None,
+    max_fp_per_scan: NonNegativeFloat = 1.0,
+    name: str = "nodule-default",
+) -> None:
+    """Export a training run's best checkpoint as a model file for nodule detect, its
+    operating threshold chosen on the run's validation subsets, with MODEL_CARD.md beside it.
+
+    Args:
+        run: the training run folder (config.yaml, checkpoints/), as scripts/train_synth.py writes.
+        out: the model file (default: the package's default model, nodule/models/default/model.pt).
+        checkpoint: the checkpoint to export (default: the best by validation CPM).
+        results: the run's results.json (test and external figures for the card).
+        crossval: the summary.json of a cross-validation of the same recipe (for the card).
+        recipe: the training configuration (for the card).
+        max_fp_per_scan: the threshold is the lowest probability with at most this many false
+            positives per validation scan.
+        name: the model's name.
+    """
+    from nodule.models.bundle import DEFAULT_MODEL
+    from nodule.training.export import export_model
+
+    bundle = export_model(
+        run, out or DEFAULT_MODEL, checkpoint=checkpoint, results=results, crossval=crossval,
+        recipe=recipe, max_fp_per_scan=max_fp_per_scan, name=name,
+    )
+    point = bundle.metadata["threshold"]
+    print(
+        f"{bundle.path}: {bundle.version}, threshold {bundle.threshold:.4f} ({point['fp_per_scan']:.2f} "
+        f"FP/scan, sensitivity {point['sensitivity']:.3f} on validation)"
+    )
+
+
 COMMANDS: dict[str, Any] = {
     "evaluate": evaluate,
     "compare": compare,
@@ -525,6 +563,7 @@ COMMANDS: dict[str, Any] = {
     "candidates": candidates,
     "detect": detect,
     "detect-merge": detect_merge,
+    "export": export,
     "demo": demo,
     "split": {"check": split_check, "make": split_make},
     "crossval": crossval,
