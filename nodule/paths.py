@@ -118,14 +118,9 @@ def _mhd_data_files(header: Path) -> list[Path]:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
-        return True
-    try:
-        with path.open("rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    from nodule.io import looks_like_dicom  # SimpleITK and pydicom: imported on use
+
+    return looks_like_dicom(path)
 
 
 def _is_study_folder(folder: Path) -> bool:
@@ -167,6 +162,15 @@ def _input_conflict(out: Path, inputs: Sequence[Path]) -> str | None:
         if out.is_dir() and _is_study_folder(out):
             return f"it is the DICOM study {out} (input {given})"
     return None
+
+
+def _refuse_input_conflict(given: Path, inputs: Sequence[Path], what: str) -> Path:
+    """The resolved output path, or :class:`OutputPathError` when writing there would touch an input."""
+    out = _resolved(given)
+    conflict = _input_conflict(out, inputs)
+    if conflict is not None:
+        raise OutputPathError(f"{given}: refusing to write the {what} there: {conflict}")
+    return out
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -212,10 +216,7 @@ def check_output_file(path: Path, inputs: Sequence[Path], *, overwrite: bool) ->
         OutputPathError: see above.
     """
     given = Path(path)
-    out = _resolved(given)
-    conflict = _input_conflict(out, inputs)
-    if conflict is not None:
-        raise OutputPathError(f"{given}: refusing to write the output there: {conflict}")
+    out = _refuse_input_conflict(given, inputs, "output")
     if out.is_dir():
         raise OutputPathError(f"{given}: is a folder; expected the path of an output file")
     if out.exists():
@@ -246,10 +247,7 @@ def check_output_dir(path: Path, inputs: Sequence[Path], *, overwrite: bool = Tr
         OutputPathError: see above.
     """
     given = Path(path)
-    out = _resolved(given)
-    conflict = _input_conflict(out, inputs)
-    if conflict is not None:
-        raise OutputPathError(f"{given}: refusing to write the outputs there: {conflict}")
+    out = _refuse_input_conflict(given, inputs, "outputs")
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{given}: exists and is not a folder; expected an output folder")
     if out.is_dir():
