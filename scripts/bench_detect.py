@@ -1,7 +1,9 @@
 """Benchmark of ``nodule detect``: seconds per study by stage, peak memory, and throughput.
 
 Per study: each run happens in a fresh process (so that its peak resident memory is the
-study's own), with the shipped default model, on a ``full`` synthetic scan (generated
+study's own) that has loaded the model and drawn one picture first, as a batch worker has
+after its first study (matplotlib's import and fonts cost about 0.5 s once a process), with
+the shipped default model, on a ``full`` synthetic scan (generated
 once, seeded, cached under ``$NODULE_CACHE/bench``) and on each real scan of
 ``$NODULE_DATA/real_ct``; the stages of :mod:`nodule.detection.pipeline` (read, lung,
 candidates, patches, model, merge, overlays) and the total, median of ``--runs`` runs.
@@ -41,6 +43,7 @@ def _run_once(path: str) -> dict[str, Any]:
 
     torch.set_num_threads(2)
     model = load_model()
+    _warm_up()
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_study(StudyRef(Path(path)), model, DetectSettings(device="cpu"), Path(tmp))
     row = outcome.row
@@ -49,6 +52,19 @@ def _run_once(path: str) -> dict[str, Any]:
     seconds = {s: float(row[f"seconds_{s}"]) for s in STAGES}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"seconds": seconds, "peak_mb": peak_mb, "above": row["n_above_threshold"], "n": row["n_findings"]}
+
+
+def _warm_up() -> None:
+    """What a batch worker pays once, not per study: matplotlib's import and fonts (the first
+    overlay of a process takes about 0.5 s more than the next ones)."""
+    import numpy as np
+
+    from nodule.io import Volume
+    from nodule.viz import render_finding
+
+    tiny = Volume(np.full((8, 8, 8), -1000, np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    with tempfile.TemporaryDirectory() as tmp:
+        render_finding(tiny, (4.0, 4.0, 4.0), 4.0, Path(tmp) / "warm.png", title="warm-up")
 
 
 def _timed(path: Path, runs: int) -> dict[str, Any]:
