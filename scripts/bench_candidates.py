@@ -24,7 +24,6 @@ sensitivity >= 0.97 at <= 150 candidates per scan.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import statistics
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from benchlib import fresh_runs
 
 STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "rank", "merge", "total")
 
@@ -66,11 +66,7 @@ def _run_once(path: str) -> dict[str, Any]:
 
 
 def _timed(path: Path, runs: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = []
-    for _ in range(runs):
-        with ctx.Pool(1) as pool:
-            out.append(pool.apply(_run_once, (str(path),)))
+    out = fresh_runs(_run_once, str(path), runs)
     med = {s: statistics.median(r["wall"][s] for r in out) for s in STEPS}
     cpu = {s: statistics.median(r["cpu"][s] for r in out) for s in ("read", "lung", "detect", "total")}
     return {

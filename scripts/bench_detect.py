@@ -21,7 +21,6 @@ worker; at least 1.8 times the studies per hour with two workers as with one.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import statistics
 import sys
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchlib import fresh_runs
 
 STAGES = ("read", "lung", "candidates", "patches", "model", "merge", "overlays", "total")
 
@@ -68,11 +69,7 @@ def _warm_up() -> None:
 
 
 def _timed(path: Path, runs: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = []
-    for _ in range(runs):
-        with ctx.Pool(1) as pool:
-            out.append(pool.apply(_run_once, (str(path),)))
+    out = fresh_runs(_run_once, str(path), runs)
     return {
         "seconds": {s: statistics.median(r["seconds"][s] for r in out) for s in STAGES},
         "peak_mb": max(r["peak_mb"] for r in out),
