@@ -173,7 +173,11 @@ def _geometry(volume: Volume) -> dict[str, Any]:
 
 
 def _failure_reason(ref: StudyRef, exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    """One line for a person: the error's message (:func:`nodule.errors.error_line`), what it
+    means where that is not plain, and the input it concerns."""
+    from nodule.errors import error_line
+
+    text = error_line(exc)
     if isinstance(exc, NoLungFoundError):
         text = f"no lungs found ({text}): not a chest CT, or not in HU"
     elif isinstance(exc, MemoryError):
