@@ -202,8 +202,9 @@ def insert(
     scans: PositiveInt = 20,
     seed: NonNegativeInt = 0,
     excluded: Path | None = None,
+    shapes: Literal["insert", "synth"] = "insert",
 ) -> None:
-    """Build the external test set: LIDC-shaped nodules inserted into variants of a real CT.
+    """Build an insertion set: LIDC-shaped nodules inserted into variants of a real CT.
 
     Args:
         ct: the real scan (DICOM folder or .mhd/.mha/.nii(.gz) file).
@@ -213,10 +214,14 @@ def insert(
         excluded: CSV of the base scan's known findings (seriesuid,coordX,coordY,coordZ,
             diameter_mm[,description]); they go to annotations_excluded.csv and no nodule
             is placed on them.
+        shapes: the part of the LIDC shape bank the nodules come from: ``insert`` (held
+            out from all training: external test sets) or ``synth`` (the training part:
+            training sets on training-side real scans; see configs/splits/default.yaml).
     """
     from nodule.data.insert import build_insert_dataset
+    from nodule.data.shapes import load_shape_bank
 
-    build_insert_dataset(ct=ct, out=out, scans=scans, seed=seed, excluded=excluded)
+    build_insert_dataset(ct=ct, out=out, scans=scans, seed=seed, excluded=excluded, bank=load_shape_bank(shapes))
 
 
 def candidates(

@@ -98,6 +98,20 @@ def test_training_side_background_never_tests() -> None:
     assert _rules(split) == ["real-scan-side"]
 
 
+def test_insert_shapes_follow_the_roles() -> None:
+    """Training insertion sets take the shape bank's training part; test sets its held-out part."""
+    train = {"insert": {"background": "other", "seed": 0, "scans": 3, "shapes": "synth"}, "roles": {"train": "all"}}
+    assert _rules(_split({"a": train})) == []
+    held_out_in_training = {**train, "insert": {**train["insert"], "shapes": "insert"}}
+    assert _rules(_split({"a": held_out_in_training})) == ["shape-part"]
+    default_in_training = {**train, "insert": {"background": "other", "seed": 0, "scans": 3}}
+    assert _rules(_split({"a": default_in_training})) == ["shape-part"]  # the default part is the held-out one
+    test = {"insert": {"background": "lidc-a", "seed": 0, "scans": 3, "shapes": "synth"}, "roles": {"test": "all"}}
+    assert _rules(_split({"b": test})) == ["shape-part"]
+    with pytest.raises(SplitError, match="shapes must be one of"):
+        _split({"c": {**train, "insert": {**train["insert"], "shapes": "lidc"}}})
+
+
 def test_test_side_lidc_patient_must_be_reserved_from_the_shape_bank() -> None:
     split = _split({"r": {"real": ["lidc-a"], "roles": {"test": "all"}}}, reserved="LIDC-IDRI-0005..LIDC-IDRI-0006")
     assert _rules(split) == ["reserved-patient"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,15 +266,14 @@ def test_scheduler_gets_run_length_when_not_configured() -> None:
 # --------------------------------------------------------------------------- stale state
 
 
-def write_small_set(root: Path, annotate: bool = True) -> Path:
+def write_small_set(root: Path, annotate: bool = True, uids: Sequence[str] = ("1.2.3.0", "1.2.3.1")) -> Path:
     """Two 24 mm scans (folds 0 and 1), each with one bright nodule and three candidates."""
     from nodule.data.luna16 import write_annotations, write_candidates, write_folds
     from nodule.io import Volume, write_volume
 
     rng = np.random.default_rng(0)
     nodules, candidates = [], []
-    for k in range(2):
-        uid = f"1.2.3.{k}"
+    for k, uid in enumerate(uids):
         array = rng.normal(-800, 20, (24, 24, 24)).astype(np.int16)
         array[10:14, 10:14, 10:14] = 40
         write_volume(Volume(array=array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)), root / f"subset{k}" / f"{uid}.mhd")
@@ -503,3 +503,50 @@ def test_split_data_set_gives_the_folds_and_must_be_its_scans(tmp_path: Path) ->
     with pytest.raises(SplitError, match="is not data set tiny"):
         small_module(root, tmp_path / "cache", train_folds=None, val_folds=None, dataset="tiny", split_file=split).tables()
     assert default_series_uid(1, 0, "small") not in {"1.2.3.0", "1.2.3.1"}
+
+
+def test_extra_training_sets_join_training_only(tmp_path: Path) -> None:
+    """``extra_train`` adds a split data set's train subsets (their own candidates, labels and
+    excluded findings) to training; validation stays the root's; a set that is not the split's
+    data set, or one with test subsets, is refused."""
+    import yaml
+
+    from nodule.data.insert import derived_uid
+    from nodule.data.splits import SplitError
+
+    split = tmp_path / "split.yaml"
+    split.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "version": 1,
+                "real_scans": {"bg": {"side": "train", "seriesuid": "9.9", "patient": "P"}},
+                "datasets": {
+                    "extra": {"insert": {"background": "bg", "seed": 0, "scans": 2, "shapes": "synth"}, "roles": {"train": "all"}},
+                    "mixed": {"insert": {"background": "bg", "seed": 1, "scans": 2, "shapes": "synth"}, "roles": {"train": [0], "test": [1]}},
+                },
+            }
+        )
+    )
+    root = write_small_set(tmp_path / "set")
+    uids = [derived_uid("nodule-insert", "9.9", 0, i) for i in range(2)]
+    extra = write_small_set(tmp_path / "extra", uids=uids)
+    dm = small_module(root, tmp_path / "cache", extra_train=["extra"], extra_roots=[extra], split_file=split)
+    assert dm.fold_lists["train"] == [0, *range(10, 20)]  # "all": subsets 0-9 -> folds 10-19
+    assert set(dm.split_seriesuids("train")) == {"1.2.3.0", *uids}
+    assert dm.split_seriesuids("val") == ["1.2.3.1"]
+    train = dm.split_candidates("train")
+    assert set(train["seriesuid"]) == {"1.2.3.0", *uids}
+    assert int((train[LABEL] == 1).sum()) == 3 * 2  # each scan: its candidate on the nodule + the annotated centre
+    assert not train.index.duplicated().any()
+    # the root's candidate ids are unchanged by the extra sets (caches stay valid)
+    plain = small_module(root, tmp_path / "cache0", split_file=split)
+    pd.testing.assert_frame_equal(plain.split_candidates("val"), dm.split_candidates("val"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == len(train)
+    wrong = write_small_set(tmp_path / "wrong")
+    with pytest.raises(SplitError, match="is not data set extra"):
+        small_module(root, tmp_path / "c2", extra_train=["extra"], extra_roots=[wrong], split_file=split).tables()
+    with pytest.raises(ValueError, match=r"extra_train data set mixed .* has \['test'\] subsets"):
+        small_module(root, tmp_path / "c3", extra_train=["mixed"], extra_roots=[extra], split_file=split)

@@ -129,7 +129,8 @@ def make_dataset(
     """Make (or resume) a split's data set with the command that defines it.
 
     ``synth`` data sets run ``nodule synth``; ``insert`` ones run ``nodule insert`` on the
-    background's real scan with its real findings (:func:`real_findings`) as excluded
+    background's real scan, with nodule shapes from the set's part of the shape bank
+    (``shapes``: ``insert``, held out, by default; ``synth`` for training sets) and its real findings (:func:`real_findings`) as excluded
     regions, written to ``<root>/background_findings.csv`` first; ``real`` ones are laid out
     by :func:`make_real_dataset`. ``luna16`` data sets are the user's own LUNA16 images and
     are not made.
@@ -158,11 +159,15 @@ def make_dataset(
         run_synth(out=out, scans=int(p["scans"]), seed=int(p["seed"]), preset=p["preset"], jobs=jobs, progress=progress)
     elif dataset.kind == "insert":
         from nodule.data.insert import build_insert_dataset
+        from nodule.data.shapes import load_shape_bank
 
         background = split.real_scans[str(p["background"])]
         out.mkdir(parents=True, exist_ok=True)
         findings = write_csv(real_findings(background), out / "background_findings.csv")
-        build_insert_dataset(background.path, out, scans=int(p["scans"]), seed=int(p["seed"]), excluded=findings)
+        bank = load_shape_bank(p.get("shapes", "insert"))
+        build_insert_dataset(
+            background.path, out, scans=int(p["scans"]), seed=int(p["seed"]), excluded=findings, bank=bank
+        )
     elif dataset.kind == "real":
         make_real_dataset(split, name, out)
     else:

@@ -5,11 +5,12 @@ side (test-only or training side), the LIDC patients reserved from the shape ban
 data set with the role of each of its subsets (``train``, ``val``, ``test``,
 ``crossval``) and what each learned part trains on. Every data set is defined by the
 command that makes it (``nodule synth`` seed, scans and preset; ``nodule insert``
-background and seed) or by the files it is found in, so the SeriesInstanceUID of every
+background, seed and the part of the shape bank its nodules come from) or by the files it is found in, so the SeriesInstanceUID of every
 scan can be computed without the data (:meth:`Split.scans`). :func:`check_split` reports
 a scan in two data sets, a patient on two sides (or in two cross-validation folds), a
-learned part told to train on data that is not training data, and real scans used on the
-wrong side; :func:`leaked_scans` tells which scans a learned part saw in training that a
+learned part told to train on data that is not training data, real scans used on the
+wrong side, and inserted nodule shapes from the wrong part of the shape bank (held-out
+``insert`` shapes in training data, ``synth`` training shapes in test data); :func:`leaked_scans` tells which scans a learned part saw in training that a
 split uses to validate or test.
 """
 
@@ -35,6 +36,9 @@ SOURCE_KINDS: tuple[SourceKind, ...] = get_args(SourceKind)
 N_SUBSETS = 10
 DEFAULT_SPLIT = REPO_ROOT / "configs" / "splits" / "default.yaml"
 """The project's split description."""
+SHAPE_PARTS = ("insert", "synth")
+"""Parts of the shape bank an insert data set draws from: ``insert`` (held out for test
+sets) or ``synth`` (the training part, as ``nodule synth`` uses)."""
 SCAN_COLUMNS = ["dataset", "seriesuid", "subset", "role", "patient"]
 
 _RANGE = re.compile(r"^(?P<prefix>.*?)(?P<a>\d+)\.\.(?P=prefix)(?P<b>\d+)$")
@@ -265,6 +269,10 @@ def parse_split(raw: Mapping[str, Any], path: Path) -> Split:
             raise SplitError(
                 f"{path}: data set {name!r}: background {params.get('background')!r} is not a real scan of the split"
             )
+        if kind == "insert" and params.get("shapes", "insert") not in SHAPE_PARTS:
+            raise SplitError(
+                f"{path}: data set {name!r}: shapes must be one of {SHAPE_PARTS}, got {params.get('shapes')!r}"
+            )
         for key in {"synth": ("seed", "scans", "preset"), "insert": ("seed", "scans")}.get(kind, ()):
             if key not in params:
                 raise SplitError(f"{path}: data set {name!r}: {kind} needs {key!r}")
@@ -381,7 +389,7 @@ class Problem:
     Attributes:
         rule: a short name (``scan-in-two-sets``, ``patient-on-two-sides``,
             ``patient-in-two-folds``, ``learner-data``, ``real-scan-side``,
-            ``reserved-patient``, ``leak``).
+            ``reserved-patient``, ``shape-part``, ``leak``).
         message: what is wrong, naming the data sets, scans or patients.
     """
 
@@ -421,6 +429,28 @@ def check_scans(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
+def _shape_part_problems(dataset: DataSet, roles: set[Role]) -> list[Problem]:
+    """An insert set's shapes must come from the part of the bank its roles allow."""
+    part = str(dataset.params.get("shapes", "insert"))
+    if part == "insert" and roles - {"test"}:
+        return [
+            Problem(
+                "shape-part",
+                f"data set {dataset.name} has roles {sorted(roles - {'test'})} but inserts the held-out "
+                "'insert' shapes of the shape bank (training data takes shapes: synth)",
+            )
+        ]
+    if part == "synth" and "test" in roles:
+        return [
+            Problem(
+                "shape-part",
+                f"data set {dataset.name} tests on nodules of the shape bank's training part 'synth' "
+                "(test data takes shapes: insert)",
+            )
+        ]
+    return []
+
+
 def check_split(split: Split) -> list[Problem]:
     """Every rule of a split (see the module docstring); an empty list when it is sound."""
     table = split.scan_table()
@@ -438,6 +468,8 @@ def check_split(split: Split) -> list[Problem]:
             if dataset.kind == "real"
             else []
         )
+        if dataset.kind == "insert":
+            problems.extend(_shape_part_problems(dataset, roles))
         for scan in backgrounds:
             wrong = roles - {"test"} if scan.side == "test" else roles & {"test"}
             if wrong:

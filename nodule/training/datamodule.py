@@ -323,6 +323,13 @@ class Luna16DataModule(pl.LightningDataModule):
         ranker: the candidate ranker the candidates were ranked with (default the shipped
             ``ranker.json``): no scan it records having been trained on may validate, test
             or be predicted here.
+        extra_train: more data sets of the split description that only train (e.g. nodules
+            inserted into the training-side real scans, ``train_cptac_seed0``): each is read
+            from ``extra_roots`` (default ``$NODULE_CACHE/sets/<name>``) with its own
+            candidates, annotations and excluded findings, must be the split's data set, and
+            its ``train`` subsets join the training folds (as folds ``10 + 10 * j + k``); a
+            data set with a validation or test subset is refused.
+        extra_roots: folders of ``extra_train``, in the same order.
     """
 
     def __init__(
@@ -352,14 +359,20 @@ class Luna16DataModule(pl.LightningDataModule):
         dataset: str | None = None,
         split_file: Path | None = None,
         ranker: Path | None = None,
+        extra_train: list[str] | None = None,
+        extra_roots: list[Path] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
+        self.extra_train = list(extra_train or [])
+        self.extra_roots = self._extra_roots(self.extra_train, extra_roots)
         self.dataset = dataset
         self.split_file = _expand(split_file)
         self.ranker_path = _expand(ranker)
         if dataset is not None:
-            train_folds, val_folds, test_folds = self._split_folds(dataset, train_folds, val_folds, test_folds)
+            train_folds, val_folds, test_folds = self._split_folds(
+                dataset, train_folds, val_folds, test_folds
+            )
         self.candidates_path = _expand(candidates) or self.root / "candidates.csv"
         self.annotations_path = _expand(annotations) or self.root / "annotations.csv"
         if annotations is not None and not self.annotations_path.is_file():
@@ -375,6 +388,7 @@ class Luna16DataModule(pl.LightningDataModule):
             "test": list(test_folds or []),
             "predict": list(test_folds or []) if predict_folds is None else list(predict_folds),
         }
+        self.fold_lists["train"] += [fold for _, fold in self._extra_folds()]
         seen: dict[int, str] = {}
         for split in ("train", "val", "test"):
             for fold in self.fold_lists[split]:
@@ -423,11 +437,45 @@ class Luna16DataModule(pl.LightningDataModule):
                 )
         return folds[0], folds[1], folds[2]
 
+    @staticmethod
+    def _extra_roots(names: list[str], roots: list[Path] | None) -> list[Path]:
+        """The folders of the extra training sets (checked against the split in :meth:`tables`)."""
+        from nodule.data.sets import dataset_root
+
+        if roots is not None and len(roots) != len(names):
+            raise ValueError(
+                f"extra_roots has {len(roots)} folders for {len(names)} extra_train data sets"
+            )
+        return (
+            [Path(r).expanduser() for r in roots]
+            if roots is not None
+            else [dataset_root(n) for n in names]
+        )
+
+    def _extra_folds(self) -> list[tuple[int, int]]:
+        """``(subset, fold)`` of every train subset of the extra training sets, in order."""
+        if not self.extra_train:
+            return []
+        split = load_split(self.split_file)
+        out = []
+        for j, name in enumerate(self.extra_train):
+            entry = split.dataset(name)
+            other = sorted({r for r in entry.roles.values() if r != "train"})
+            if other:
+                raise ValueError(
+                    f"extra_train data set {name} of {split.path} has {other} subsets; "
+                    "only data sets (or subsets) that train may be added to training"
+                )
+            out += [(k, 10 + 10 * j + k) for k in entry.folds("train")]
+        return out
+
     def _check_scans(self, fold_of: dict[str, int]) -> None:
         """Refuse a root that is not the configured data set, and scans the candidate ranker
         was trained on in the validation, test or prediction folds."""
         if self.dataset is not None:
             check_dataset_folder(load_split(self.split_file), self.dataset, self.root)
+        for name, root in zip(self.extra_train, self.extra_roots, strict=True):
+            check_dataset_folder(load_split(self.split_file), name, root)
         ranker = CandidateRanker.from_json(self.ranker_path or DEFAULT_RANKER)
         seen = set(ranker.trained_on_uids or ())
         for split in ("val", "test", "predict"):
@@ -446,7 +494,12 @@ class Luna16DataModule(pl.LightningDataModule):
     def _default_cache_dir(self) -> Path:
         """``$NODULE_CACHE/patches/<data set>-<hash of its paths>/<geometry>-<fingerprint>``,
         the fingerprint of every cache setting that shapes the stored arrays."""
-        key = hashlib.sha1(f"{self.root.resolve()}|{self.candidates_path.resolve()}".encode())
+        text = f"{self.root.resolve()}|{self.candidates_path.resolve()}"
+        text += "".join(
+            f"|{name}={root.resolve()}"
+            for name, root in zip(self.extra_train, self.extra_roots, strict=True)
+        )
+        key = hashlib.sha1(text.encode())
         c = self.cache_config
         p = c.patch
         name = f"v{p.n_views}_px{p.size_px}_fov{p.fov_mm:g}_cube{c.cube_size}_{c.cubes_for}"
@@ -470,13 +523,43 @@ class Luna16DataModule(pl.LightningDataModule):
             else pd.DataFrame(columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
         )
         excluded = read_excluded(self.excluded_path) if self.excluded_path else None
-        candidates = read_candidate_table(self.candidates_path).reset_index(drop=True)
-        if self.add_annotations and len(annotations):
-            extra = annotations[["seriesuid", "coordX", "coordY", "coordZ"]].copy()
-            extra[FROM_ANNOTATIONS] = True
-            candidates[FROM_ANNOTATIONS] = False
-            candidates = pd.concat([candidates, extra], ignore_index=True)
-        labelled = label_candidates(candidates, annotations, excluded)
+        parts = [self._labelled(read_candidate_table(self.candidates_path), annotations, excluded)]
+        folds_of_extra = dict(self._extra_folds())
+        for j, root in enumerate(self.extra_roots):
+            extra_scans = find_scans(root)
+            extra_fold_of = {u: k for k, uids in read_folds(root / "folds").items() for u in uids}
+            mine = {
+                u for u, k in extra_fold_of.items() if 10 + 10 * j + k in folds_of_extra.values()
+            }
+            scans.update({u: v for u, v in extra_scans.items() if u in mine})
+            fold_of.update({u: 10 + 10 * j + extra_fold_of[u] for u in mine})
+            extra_ann = read_annotations(root / "annotations.csv")
+            extra_exc = root / "annotations_excluded.csv"
+            extra_excluded = read_excluded(extra_exc) if extra_exc.exists() else None
+            table = read_candidate_table(root / "candidates.csv")
+            parts.append(
+                self._labelled(
+                    table[table["seriesuid"].isin(mine)],
+                    extra_ann[extra_ann["seriesuid"].isin(mine)],
+                    extra_excluded,
+                )
+            )
+            annotations = pd.concat(
+                [annotations, extra_ann[extra_ann["seriesuid"].isin(mine)]], ignore_index=True
+            )
+            if extra_excluded is not None:
+                excluded = (
+                    extra_excluded
+                    if excluded is None
+                    else pd.concat([excluded, extra_excluded], ignore_index=True)
+                )
+        labelled = parts[0]
+        if len(parts) > 1:
+            labelled = pd.concat(parts, ignore_index=True)
+            if FROM_ANNOTATIONS in labelled.columns:
+                labelled[FROM_ANNOTATIONS] = (
+                    labelled[FROM_ANNOTATIONS].astype("boolean").fillna(False).astype(bool)
+                )
         labelled.index.name = "candidate_id"
         self._tables = {
             "scans": scans,
@@ -486,6 +569,19 @@ class Luna16DataModule(pl.LightningDataModule):
             "excluded": excluded,
         }
         return self._tables
+
+    def _labelled(
+        self, candidates: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame | None
+    ) -> pd.DataFrame:
+        """One data set's candidates labelled against its own reference standard (plus its
+        annotated centres when ``add_annotations``)."""
+        candidates = candidates.reset_index(drop=True)
+        if self.add_annotations and len(annotations):
+            extra = annotations[["seriesuid", "coordX", "coordY", "coordZ"]].copy()
+            extra[FROM_ANNOTATIONS] = True
+            candidates[FROM_ANNOTATIONS] = False
+            candidates = pd.concat([candidates, extra], ignore_index=True)
+        return label_candidates(candidates, annotations, excluded)
 
     def split_seriesuids(self, split: Split) -> list[str]:
         """Scans with an image in the folds of ``split``."""
