@@ -161,6 +161,11 @@ def _evaluate(submission: Path, root: Path, uids: list[str], out: Path, bootstra
     return figures
 
 
+PREDICT_ONLY = ["--data.init_args.extra_train=[]"]
+"""Prediction reads only the data set it predicts: a configuration's extra training sets
+(``extra_train``, e.g. nodules inserted into the training-side real scans) train only."""
+
+
 def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """Fit, predict and evaluate one variant; returns its figures."""
     run = args.out / variant
@@ -191,7 +196,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     test_uids = [u for k in args.test_folds for u in folds[k]]
     test_sub = run / "test_submission.csv"
     if not is_done(test_sub):
-        _nodule(["predict", *common, *data, f"--ckpt_path={best}", f"--submission.output={test_sub}"])
+        _nodule(["predict", *common, *data, *PREDICT_ONLY, f"--ckpt_path={best}", f"--submission.output={test_sub}"])
         mark_done(test_sub)
     figures["test"] = _evaluate(test_sub, args.root, test_uids, run / "test_eval", args.bootstrap)
 
@@ -201,7 +206,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         ext_folds = folder_folds(external)
         if not is_done(ext_sub):
             ext = folder_data_args(external)
-            _nodule(["predict", *common, *ext, f"--ckpt_path={best}", f"--submission.output={ext_sub}"])
+            _nodule(["predict", *common, *ext, *PREDICT_ONLY, f"--ckpt_path={best}", f"--submission.output={ext_sub}"])
             mark_done(ext_sub)
         ext_uids = [u for uids in ext_folds.values() for u in uids]
         figures["external"].append(_evaluate(ext_sub, external, ext_uids, run / f"external_{external.name}_eval", args.bootstrap))
