@@ -395,3 +395,23 @@ def test_subsolid_contrast_levels_free_a_nodule_from_a_faint_halo() -> None:
     freed = found(3)
     assert len(freed) == 1
     assert 6.0 < freed["diameter_mm"].iloc[0] < 10.0
+
+
+def test_greedy_merge_keeps_a_nodule_beside_a_vessel_chain() -> None:
+    # a strong vessel candidate at 0, a weaker one at 4 mm, a small nodule at 8 mm: single
+    # linkage chains all three into the strongest (the nodule's position is lost)
+    table = pd.DataFrame(
+        {
+            "coordX": [0.0, 4.0, 8.0],
+            "coordY": [0.0] * 3,
+            "coordZ": [0.0] * 3,
+            "score": [0.9, 0.5, 0.4],
+            "diameter_mm": [4.0, 4.0, 4.0],
+            "detector": ["solid", "solid", "solid"],
+        }
+    )
+    assert len(merge_candidates(table, 5.0, radius_fraction=1.0)) == 1
+    merged = merge_candidates(table, 5.0, radius_fraction=1.0, chain=False)
+    assert merged["coordX"].tolist() == [0.0, 8.0]
+    assert merged["n_merged"].tolist() == [2, 1]
+    assert CandidateConfig().merge_chain is False

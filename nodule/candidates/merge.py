@@ -9,13 +9,34 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 
+def _greedy_groups(pairs: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
+    """Group of each of ``n`` candidates by greedy suppression: in ``order`` (best first),
+    an unassigned candidate starts a group and takes its unassigned partners in ``pairs``."""
+    partners: list[list[int]] = [[] for _ in range(n)]
+    for a, b in pairs.tolist():
+        partners[a].append(b)
+        partners[b].append(a)
+    group = np.full(n, -1, dtype=np.int64)
+    for i in order.tolist():
+        if group[i] >= 0:
+            continue
+        group[i] = i
+        for j in partners[i]:
+            if group[j] < 0:
+                group[j] = i
+    return group
+
+
 def merge_candidates(
     candidates: pd.DataFrame,
     distance_mm: float,
     position_columns: tuple[str, str, str] = ("coordX", "coordY", "coordZ"),
     radius_fraction: float = 0.0,
+    chain: bool = True,
 ) -> pd.DataFrame:
-    """Merge candidates closer than ``distance_mm`` (single linkage: chains merge too).
+    """Merge candidates closer than ``distance_mm`` (single linkage: chains merge too;
+    ``chain=False``: greedy, best score first, each group holds only candidates close
+    to its best one).
 
     With ``radius_fraction > 0`` two candidates also merge when they are closer than
     that fraction of the larger one's radius (``diameter_mm / 2``): the several peaks a
@@ -30,6 +51,9 @@ def merge_candidates(
         distance_mm: merge distance in mm.
         position_columns: the coordinate columns, in mm.
         radius_fraction: size-aware merging (needs a ``diameter_mm`` column); 0: off.
+        chain: single linkage (a chain of close pairs is one group), or (False) greedy
+            non-maximum suppression: a nodule candidate next to a vessel candidate that
+            is itself next to a stronger one is not swallowed by the chain.
 
     Returns:
         The merged table, best score first, with a fresh index; ``detector`` is replaced
@@ -53,9 +77,12 @@ def merge_candidates(
             pairs = pairs[d < limit]
     else:
         pairs = cKDTree(points).query_pairs(distance_mm, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, group = connected_components(graph, directed=False)
     order = np.lexsort((np.arange(n), -table["score"].to_numpy()))
+    if chain:
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        _, group = connected_components(graph, directed=False)
+    else:
+        group = _greedy_groups(pairs, order, n)
     first = pd.Series(order).groupby(group[order]).first().to_numpy()
     detectors = table["detector"].astype(str).groupby(group).agg(lambda s: "+".join(sorted(set(s))))
     sizes = np.bincount(group)
