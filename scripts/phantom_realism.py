@@ -1,9 +1,12 @@
-"""Realism of the phantom: a metric table and side-by-side pictures against the real chest CT.
+"""Realism of the phantom: metric tables and side-by-side pictures against the real chest CTs.
 
-Generates ``--n`` phantoms (``full`` preset) with the shared real scan's settings (3 mm
-slices, 0.564 mm pixels, sharp kernel, the noise estimated from the real scan's
-subcutaneous fat), segments the lungs of every scan, real and synthetic, with the same
-method (:func:`nodule.lung.segment_lungs`) and compares:
+For every real scan named by ``--real`` (default: all four shared real scans,
+``$NODULE_DATA/real_ct/*``) generates ``--n`` phantoms (``full`` preset) with that scan's
+settings: its slice thickness, pixel spacing and matrix, the phantom kernel whose noise
+power spectrum is closest to the real scan's (soft, standard or sharp; the choice is
+printed and written with the table), and the noise SD estimated from the real scan's
+subcutaneous fat. The lungs of every scan, real and synthetic, are segmented with the
+same method (:func:`nodule.lung.segment_lungs`) and compared:
 
 * lung volume (l); the real one should lie inside the phantoms' range;
 * mean and standard deviation of HU inside the lung mask (target: within 50 HU);
@@ -25,16 +28,23 @@ method (:func:`nodule.lung.segment_lungs`) and compares:
   from the skin to the lung. The real scan's field of view cuts off the lateral skin,
   so lateral rays are not used.
 
-Phantom values are given as mean (min-max). With ``--out`` the table is written as
-markdown and as JSON next to it (``.json``); ``--images`` writes the side-by-side
-axial, coronal and sagittal pictures at lung window (real above, phantom below).
+Phantom values are given as their mean and per phantom. With ``--out`` the tables (one
+per real scan) are written as markdown and as JSON next to it (``.json``); ``--images``
+writes one picture per real scan, ``realism_<scan>.png``: axial, coronal and sagittal
+views at lung window, the real scan above, phantom 0 below.
 
-    python scripts/phantom_realism.py --n 4 --out docs/realism.md --images docs/images
+Every phantom's metrics are cached under ``$NODULE_CACHE/realism`` (default
+``~/.cache/nodule``), keyed by the phantom's settings and a hash of the generator's and
+this script's source, so an interrupted run resumes and a rerun without changes only
+redraws the tables.
+
+    python scripts/phantom_realism.py --n 5 --seed 0 --out docs/realism.md --images docs/images
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -50,14 +60,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from nodule.data.phantom import generate_phantom
-from nodule.data.scanner import ScannerSettings, apply_scanner
+from nodule.data.scanner import KERNELS, Kernel, ScannerSettings, apply_scanner
 from nodule.io import Volume, read_volume
 from nodule.lung import segment_lungs
-from nodule.paths import real_ct_dir
+from nodule.paths import REPO_ROOT, cache_dir, data_dir
 
 WINDOW = (-1350, 150)
 NOTES_MARK = "<!-- notes: kept when the table is regenerated -->"
-REAL_SETTINGS = {"slice_thickness": 3.0, "pixel_spacing": 0.564, "kernel": "sharp"}
+REAL_SCANS = ("cptac-lscc-c3n-00247", "lidc-idri-0001", "lidc-idri-0002", "lung-pet-ct-dx-a0001")
+# sources whose change invalidates the cached metrics
+SOURCES = (
+    "nodule/data/phantom.py", "nodule/data/anatomy.py", "nodule/data/vessels.py", "nodule/data/scanner.py",
+    "nodule/data/shapes.py", "nodule/lung.py", "scripts/phantom_realism.py",
+)
 # metric -> (label, kind of target): "hu" within 50 HU, "rel" within 25 %, "range" real inside phantom range
 METRICS: dict[str, tuple[str, str]] = {
     "lung_volume_l": ("lung volume (l)", "range"),
@@ -225,13 +240,29 @@ def scan_metrics(vol: Volume, lung: np.ndarray) -> tuple[dict[str, float], np.nd
     return m, _hist(lv)
 
 
-def estimate_noise(real: Volume, real_lung: np.ndarray) -> float:
-    """Noise SD (HU) for the phantom: the real fat's residual noise over that of unit sharp noise."""
+def unit_noise(kernel: Kernel, ps: float, matrix: int, sd: float = 1.0) -> np.ndarray:
+    """Four slices of the phantom's noise alone (kernel, pixel size, matrix), SD ``sd`` HU."""
+    settings = ScannerSettings(1.0, 1.0, ps, matrix, kernel, sd)
+    return apply_scanner(np.zeros((4, matrix, matrix), np.float32), settings, np.random.default_rng(0))
+
+
+def closest_kernel(real_nps: tuple[float, float], ps: float, matrix: int) -> tuple[Kernel, dict[str, list[float]]]:
+    """The phantom kernel whose noise power spectrum (peak, Nyquist/peak) is closest to the real one's."""
+    scores: dict[str, list[float]] = {}
+    for kernel in KERNELS:
+        peak, ratio = noise_spectrum(unit_noise(kernel, ps, matrix, 20.0), ps)
+        err = abs(math.log(peak / real_nps[0])) + abs(math.log(max(ratio, 1e-3) / max(real_nps[1], 1e-3)))
+        scores[kernel] = [peak, ratio, err]
+    best = min(KERNELS, key=lambda k: scores[k][2])
+    return best, scores
+
+
+def estimate_noise(real: Volume, real_lung: np.ndarray, kernel: Kernel) -> float:
+    """Noise SD (HU) for the phantom: the real fat's residual noise over that of unit noise of ``kernel``."""
     a = real.array.astype(np.float32)
     _, fat = _noise_rois(a, body_mask(a), real_lung, real.spacing[0])
     target = float(_residual(a)[fat].std())
-    settings = ScannerSettings(3.0, 3.0, real.spacing[0], 512, "sharp", 1.0)
-    unit = apply_scanner(np.zeros((4, 512, 512), np.float32), settings, np.random.default_rng(0))
+    unit = unit_noise(kernel, real.spacing[0], real.shape[1])
     return target / float(_residual(unit).std())
 
 
@@ -251,8 +282,10 @@ def _target(kind: str, real: float, vals: np.ndarray) -> tuple[str, str, str]:
 
 
 def table(real: dict[str, float], phantoms: list[dict[str, float]]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table and JSON rows: real, phantom mean (range), difference, target, pass/fail."""
-    lines = ["| metric | real | phantom mean (min-max) | difference | target | result |", "|---|---|---|---|---|---|"]
+    """Markdown table and JSON rows: real, phantom mean, per phantom, difference, target, pass/fail."""
+    n = len(phantoms)
+    cols = " | ".join(f"p{i}" for i in range(n))
+    lines = [f"| metric | real | phantom mean | {cols} | difference | target | result |", "|---|---|---|" + "---|" * n + "---|---|---|"]
     rows = []
     for key, (label, kind) in METRICS.items():
         vals = np.array([p[key] for p in phantoms], float)
@@ -260,9 +293,12 @@ def table(real: dict[str, float], phantoms: list[dict[str, float]]) -> tuple[str
         diff, tgt, res = _target(kind, r, vals)
         fmt = "{:.3f}" if abs(float(np.nanmean(vals))) < 1 else "{:.1f}"
         real_s = "-" if kind in ("dist", "info") else fmt.format(r)
-        ph = f"{fmt.format(np.nanmean(vals))} ({fmt.format(np.nanmin(vals))}-{fmt.format(np.nanmax(vals))})"
-        lines.append(f"| {label} | {real_s} | {ph} | {diff} | {tgt} | {res} |")
-        rows.append({"metric": key, "label": label, "real": r, "phantoms": vals.tolist(), "target": tgt, "result": res})
+        each = " | ".join(fmt.format(v) for v in vals)
+        lines.append(f"| {label} | {real_s} | {fmt.format(np.nanmean(vals))} | {each} | {diff} | {tgt} | {res} |")
+        rows.append({
+            "metric": key, "label": label, "real": r, "mean": float(np.nanmean(vals)), "phantoms": vals.tolist(),
+            "difference": diff, "target": tgt, "result": res,
+        })
     return "\n".join(lines), rows
 
 
@@ -286,10 +322,10 @@ def _views(ax_row: np.ndarray, vol: Volume, lung: np.ndarray, title: str) -> Non
         ax.set_axis_off()
 
 
-def render(real: Volume, real_lung: np.ndarray, vol: Volume, lung: np.ndarray, path: Path, label: str) -> None:
+def render(real: Volume, real_lung: np.ndarray, vol: Volume, lung: np.ndarray, path: Path, real_label: str, label: str) -> None:
     """Side-by-side axial, coronal, sagittal at lung window: real above, phantom below."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 10), dpi=50)
-    _views(axes[0], real, real_lung, "real CT (B70f, 3 mm)")
+    _views(axes[0], real, real_lung, real_label)
     _views(axes[1], vol, lung, label)
     plt.tight_layout()
     fig.canvas.draw()
@@ -298,62 +334,138 @@ def render(real: Volume, real_lung: np.ndarray, vol: Volume, lung: np.ndarray, p
     Image.fromarray(rgba[..., :3]).convert("L").save(path, optimize=True)  # grey PNG, < 300 KB
 
 
+def source_hash() -> str:
+    """Hash of the generator's, the lung segmentation's and this script's source."""
+    h = hashlib.sha256()
+    for rel in SOURCES:
+        h.update((REPO_ROOT / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _save(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def describe(vol: Volume) -> str:
+    """Slices, matrix, pixel size, thickness and kernel of a real scan (no patient data)."""
+    st = vol.info.slice_thickness or vol.spacing[2]
+    return f"{vol.shape[0]} x {vol.shape[1]} x {vol.shape[2]}, {vol.spacing[0]:.3f} mm pixels, {st:g} mm slices, {vol.info.manufacturer} kernel {vol.info.kernel}"
+
+
+def compare(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+    """Metrics of one real scan and of its phantoms (cached); pictures when asked."""
+    key = hashlib.sha256(f"{name}|{source_hash()}".encode()).hexdigest()[:16]
+    real = read_volume(data_dir() / "real_ct" / name)
+    real_file = cache / f"real-{name}-{key}.json"
+    rec = _cached(real_file)
+    real_lung: np.ndarray | None = None
+    if rec is None:
+        real_lung = segment_lungs(real).lungs
+        real_m, real_h = scan_metrics(real, real_lung)
+        ps, matrix = real.spacing[0], real.shape[1]
+        kernel, scores = closest_kernel((real_m["nps_peak_cpmm"], real_m["nps_nyquist_ratio"]), ps, matrix)
+        noise = estimate_noise(real, real_lung, kernel)
+        rec = {"metrics": real_m, "hist": real_h.tolist(), "kernel": kernel, "kernel_scores": scores, "noise_hu": noise}
+        _save(real_file, rec)
+    real_m, real_h = rec["metrics"], np.asarray(rec["hist"])
+    kernel, noise = rec["kernel"], float(rec["noise_hu"])
+    st = float(real.info.slice_thickness or real.spacing[2])
+    settings: dict[str, Any] = {"slice_thickness": st, "kernel": kernel, "noise": noise}
+    # the small preset keeps its own coarse pixels (its 128 x 128 matrix at a real scan's
+    # 0.56-0.84 mm would cover only 72-108 mm); the full preset takes all the real settings
+    if args.preset == "full":
+        settings["pixel_spacing"] = float(real.spacing[0])
+    print(f"{name}: {describe(real)}; phantom kernel {kernel} (NPS scores {rec['kernel_scores']}), noise SD {noise:.1f} HU")
+    phantoms: list[dict[str, float]] = []
+    for i in range(args.n):
+        pkey = hashlib.sha256(f"{key}|{args.seed}|{i}|{args.preset}|{sorted(settings.items())}".encode()).hexdigest()[:16]
+        pfile = cache / f"phantom-{name}-{i}-{pkey}.json"
+        m = _cached(pfile)
+        draw = args.images is not None and i == 0
+        if m is not None and not draw:
+            phantoms.append({k: float(v) for k, v in m.items()})
+            continue
+        t0 = time.process_time()
+        scan = generate_phantom(args.seed, i, args.preset, **settings)
+        cpu = time.process_time() - t0
+        lung = segment_lungs(scan.volume).lungs
+        if m is None:
+            m, h = scan_metrics(scan.volume, lung)
+            m["lung_hist_w1"] = wasserstein1(h, real_h)
+            m["lung_hist_js"] = jensen_shannon(h, real_h)
+            m["generate_cpu_s"] = cpu
+            _save(pfile, m)
+        phantoms.append({k: float(v) for k, v in m.items()})
+        print(f"  phantom {i} ({cpu:.1f} s CPU): " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))
+        if draw:
+            if real_lung is None:
+                real_lung = segment_lungs(real).lungs
+            args.images.mkdir(parents=True, exist_ok=True)
+            render(real, real_lung, scan.volume, lung, args.images / f"realism_{name}.png",
+                   f"real {name}", f"phantom seed {args.seed} index 0")
+    md, rows = table(real_m, phantoms)
+    return {"name": name, "describe": describe(real), "kernel": kernel, "kernel_scores": rec["kernel_scores"],
+            "noise_hu": noise, "settings": settings, "real": real_m, "rows": rows, "table": md}
+
+
 def main() -> None:
-    """Compute the table and write pictures."""
+    """Compute the tables and write pictures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=4, help="number of phantoms")
+    parser.add_argument("--real", nargs="+", default=list(REAL_SCANS), help="real scans (folders of $NODULE_DATA/real_ct)")
+    parser.add_argument("--n", type=int, default=5, help="number of phantoms per real scan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="full", choices=["small", "full"])
     parser.add_argument("--out", type=Path, default=None, help="markdown path (JSON next to it); default prints")
-    parser.add_argument("--images", type=Path, default=None, help="folder of realism_*.png pictures")
-    parser.add_argument("--image-count", type=int, default=2, help="phantoms to draw")
+    parser.add_argument("--images", type=Path, default=None, help="folder of the realism_<scan>.png pictures")
     args = parser.parse_args()
 
-    real = read_volume(real_ct_dir())
-    real_lung = segment_lungs(real).lungs
-    real_m, real_h = scan_metrics(real, real_lung)
-    noise = estimate_noise(real, real_lung)
-    print(f"real: {real_m}; phantom noise SD {noise:.1f} HU")
-    phantoms: list[dict[str, float]] = []
-    if args.images:
-        args.images.mkdir(parents=True, exist_ok=True)
-    # The small preset keeps its own coarse pixels (its 128 x 128 matrix at the real scan's
-    # 0.564 mm would cover only 72 mm); the full preset takes all the real scan's settings.
-    settings = {k: v for k, v in REAL_SETTINGS.items() if args.preset == "full" or k != "pixel_spacing"}
-    for i in range(args.n):
-        t0 = time.process_time()
-        scan = generate_phantom(args.seed, i, args.preset, noise=noise, **settings)  # type: ignore[arg-type]
-        cpu = time.process_time() - t0
-        lung = segment_lungs(scan.volume).lungs
-        m, h = scan_metrics(scan.volume, lung)
-        m["lung_hist_w1"] = wasserstein1(h, real_h)
-        m["lung_hist_js"] = jensen_shannon(h, real_h)
-        phantoms.append(m)
-        print(f"phantom {i} ({cpu:.1f} s CPU): " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))
-        if args.images and i < args.image_count:
-            render(real, real_lung, scan.volume, lung, args.images / f"realism_{i}.png", f"phantom seed {args.seed} index {i}")
-    md, rows = table(real_m, phantoms)
+    cache = cache_dir("realism")
+    results = [compare(name, args, cache) for name in args.real]
     cmd = f"python scripts/phantom_realism.py --n {args.n} --seed {args.seed} --preset {args.preset}"
-    head = (
-        f"Real: shared CPTAC-LSCC CT (99 x 512 x 512, 0.564 mm, 3 mm, B70f). Phantoms: {args.n} `{args.preset}` scans "
-        f"(seed {args.seed}, indices 0-{args.n - 1}) with 3 mm slices, "
-        f"{'0.564 mm' if 'pixel_spacing' in settings else 'the preset' + chr(39) + 's'} pixels, sharp kernel, noise SD "
-        f"{noise:.1f} HU estimated from the real scan. Lung masks of both: `nodule.lung.segment_lungs`.\n\n"
-        f"`{cmd}`\n\n"
-    )
+    if list(args.real) != list(REAL_SCANS):
+        cmd += " --real " + " ".join(args.real)
+    parts = [
+        f"Phantoms: {args.n} `{args.preset}` scans per real scan (seed {args.seed}, indices 0-{args.n - 1}), each made "
+        "with the real scan's slice thickness, "
+        + ("pixel spacing and matrix, " if args.preset == "full" else "(the small preset's own pixels), ")
+        + "the phantom kernel whose noise power spectrum is closest to the real one's and the noise SD estimated "
+        "from the real scan's subcutaneous fat. Lung masks of all: `nodule.lung.segment_lungs`. "
+        "Targets: +-25 % (relative rows), +-50 HU (HU rows), on the mean of the phantoms.\n\n"
+        f"`{cmd}`\n"
+    ]
+    summary = ["| real scan | rows passed |", "|---|---|"]
+    for r in results:
+        judged = [row for row in r["rows"] if row["result"] in ("pass", "FAIL")]
+        failed = [row["label"] for row in judged if row["result"] == "FAIL"]
+        summary.append(f"| {r['name']} | {len(judged) - len(failed)} / {len(judged)}" + (f" (fails: {'; '.join(failed)})" if failed else "") + " |")
+    parts.append("\n".join(summary) + "\n")
+    for r in results:
+        s = r["settings"]
+        px = f"{s['pixel_spacing']:.3f} mm pixels, " if "pixel_spacing" in s else ""
+        pic = f"\n![{r['name']}: real above, phantom 0 below](images/realism_{r['name']}.png)\n" if args.images else ""
+        parts.append(
+            f"## {r['name']}\n\nReal: {r['describe']}. Phantoms: {s['slice_thickness']:g} mm slices, {px}"
+            f"kernel `{r['kernel']}`, noise SD {r['noise_hu']:.1f} HU.\n\n{r['table']}\n{pic}"
+        )
+    text = "\n".join(parts)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"noise_hu": noise, "real": real_m, "rows": rows}, indent=1))
+        out_json = {r["name"]: {k: v for k, v in r.items() if k != "table"} for r in results}
+        args.out.with_suffix(".json").write_text(json.dumps({"command": cmd, "scans": out_json}, indent=1))
         notes = NOTES_MARK + "\n"
         if args.out.exists() and NOTES_MARK in args.out.read_text():
-            notes = args.out.read_text().split(NOTES_MARK, 1)[1]
-            notes = NOTES_MARK + notes
-        pics = ""
-        if args.images:
-            rel = [Path("images") / f"realism_{i}.png" for i in range(min(args.n, args.image_count))]
-            pics = "\n" + "\n".join(f"![phantom {i} vs real]({p.as_posix()})" for i, p in enumerate(rel)) + "\n\n"
-        args.out.write_text("# Phantom realism\n\n" + head + md + "\n\n" + pics + notes)
-    print(head + md)
+            notes = NOTES_MARK + args.out.read_text().split(NOTES_MARK, 1)[1]
+        args.out.write_text("# Phantom realism\n\n" + text + "\n" + notes)
+    print(text)
 
 
 if __name__ == "__main__":

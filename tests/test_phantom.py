@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage
 
 from nodule.data import anatomy as an
-from nodule.data.phantom import PhantomScan, generate_phantom
+from nodule.data.phantom import PRESETS, PhantomScan, _findings, _structures, generate_phantom
 from nodule.data.scanner import kernel_mtf, noise_filter
-from nodule.data.vessels import grow_tree, paint_capsules
+from nodule.data.vessels import capsule_distance, grow_tree, paint_capsules
 
 SEEDS = range(6)
 
@@ -145,3 +145,49 @@ def test_segment_lungs_agrees_with_the_generator_label(scans: list[PhantomScan])
         gt = s.lung > 0
         dice = 2 * (seg & gt).sum() / (seg.sum() + gt.sum())
         assert dice > 0.95
+
+
+def test_field_of_view_holds_both_lungs_at_a_small_pixel_size() -> None:
+    # 128 x 2.0 mm = 256 mm field of view, narrower than most drawn bodies (270-370 mm): the
+    # patient is drawn to fit (as a scanner operator would choose the field), so the lungs
+    # keep ~10 mm from its left and right (and front and back) edges; before, the lungs were
+    # cut open at x = 0 and x = 127 (like `nodule synth --preset full --pixel_spacing 0.564`).
+    for seed in range(4):
+        s = generate_phantom(seed, 0, "small", slice_thickness=5.0, pixel_spacing=2.0, kernel="sharp", shape_bank=None)
+        lung = s.lung > 0
+        cols = np.nonzero(lung.any(axis=(0, 1)))[0]
+        rows = np.nonzero(lung.any(axis=(0, 2)))[0]
+        n = lung.shape[2]
+        assert cols.min() >= 3 and cols.max() <= n - 4, (seed, cols.min(), cols.max())
+        assert rows.min() >= 3 and rows.max() <= n - 4, (seed, rows.min(), rows.max())
+        assert s.lung.max() == 2 and (s.lung == 1).any()
+
+
+def test_nodules_stay_out_of_large_vessels_airways_and_the_mediastinum() -> None:
+    # placement only (no rendering), over many patients: no nodule's sphere overlaps a vessel
+    # or airway wider than 3.5 mm (before, an "isolated" nodule could sit inside a hilar or
+    # mediastinal vessel of 18-20 mm, invisible), and every centre lies in the lung
+    n_checked = 0
+    attachments = set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        plan = an.sample_body_plan(rng)
+        st = _structures(plan, PRESETS["small"], rng, plan.z_base - 20.0, plan.z_top + 20.0)
+        placed, _ = _findings(plan, rng, st, None)
+        big = st.obstacles()
+        assert (np.maximum(big[:, 6], big[:, 7]) > 3.0).any()  # the hilar and great vessels are in it
+        for p in placed:
+            f = p.finding
+            if f.kind == "non_nodule":
+                continue
+            c = np.array([f.center_xyz])
+            r = f.diameter_mm / 2
+            dist, _ = capsule_distance(c, big)
+            assert dist[0] >= r, (seed, f)
+            assert an.lung_sd(plan, c[:, 0], c[:, 1], c[:, 2])[0] < 0, (seed, f)
+            if f.attachment == "juxtavascular":
+                dv, _ = capsule_distance(c, st.lung_vessels)
+                assert dv[0] < r, (seed, f)  # touches a (small) pulmonary vessel
+            n_checked += 1
+            attachments.add(f.attachment)
+    assert n_checked > 50 and {"isolated", "juxtavascular", "juxtapleural"} <= attachments

@@ -26,15 +26,27 @@ ROWS = (
 def test_realism_script_on_a_small_phantom(real_ct_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "realism.md"
     env = {**os.environ, "NODULE_DATA": str(real_ct_dir.parent.parent)}
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "phantom_realism.py"), "--n", "1"]
+    names = [real_ct_dir.name] + [n for n in ("lung-pet-ct-dx-a0001",) if (real_ct_dir.parent / n).is_dir()]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "phantom_realism.py"), "--n", "1", "--real", *names]
     command += ["--preset", "small", "--out", str(out), "--images", str(tmp_path / "images")]
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=400)
     text = out.read_text()
     for row in ROWS:
         assert row in text, f"realism table lacks the row {row!r}"
-    assert (tmp_path / "images" / "realism_0.png").stat().st_size > 10_000
     result = json.loads(out.with_suffix(".json").read_text())
-    assert 2.0 < result["real"]["lung_volume_l"] < 8.0
-    assert len(result["rows"]) >= len(ROWS)
-    for row in result["rows"]:
-        assert len(row["phantoms"]) == 1, row["metric"]
+    assert sorted(result["scans"]) == sorted(names)
+    for name in names:
+        assert f"## {name}" in text
+        assert 10_000 < (tmp_path / "images" / f"realism_{name}.png").stat().st_size < 400_000
+        scan = result["scans"][name]
+        assert 2.0 < scan["real"]["lung_volume_l"] < 8.0
+        assert scan["kernel"] in ("soft", "standard", "sharp") and scan["noise_hu"] > 0
+        assert scan["settings"]["slice_thickness"] > 0
+        assert len(scan["rows"]) >= len(ROWS)
+        for row in scan["rows"]:
+            assert len(row["phantoms"]) == 1, row["metric"]
+            assert row["result"] in ("pass", "FAIL", "-")
+    # a rerun (without pictures) reads every phantom's metrics from the cache: the same rows
+    subprocess.run(command[:-2], check=True, env=env, capture_output=True, timeout=400)
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["scans"] == result["scans"]

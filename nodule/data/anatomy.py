@@ -16,11 +16,12 @@ liver under the right dome and stomach/spleen under the left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 F32 = np.float32
+P_ARMS_DOWN = 0.35  # arms down beside the chest; else raised above the head, out of the scan
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class BodyPlan:
         outline: body outline harmonics ``(k, amplitude, phase)`` flattened (relative
             radius change ``sum a cos(k angle + phase)``): asymmetric, not a perfect ellipse.
         pectoral: extra anterior muscle (pectoralis) thickness, mm.
+        arms: empty when the arms are raised above the head (out of the scan), else the
+            arms down beside the chest: ``(radius, gap, fat, y offset)`` mm (arm radius, gap to
+            the body's side, arm fat thickness, antero-posterior offset from the body centre).
+        rv_contrast: blood HU of the right heart relative to the left (contrast timing).
     """
 
     cx: float
@@ -77,6 +82,8 @@ class BodyPlan:
     liver_hu: float
     outline: tuple[float, ...] = ()
     pectoral: float = 0.0
+    arms: tuple[float, ...] = ()
+    rv_contrast: float = 1.0
 
     @property
     def z_top(self) -> float:
@@ -98,7 +105,8 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
     """Draw an adult's proportions over a plausible range.
 
     Body width 270-370 mm, depth 190-320 mm, lung height 230-310 mm (total lung
-    volume about 3-7 l), fat 4-35 mm, pectoral muscle 6-22 mm.
+    volume about 3-7 l), fat 4-35 mm, pectoral muscle 6-22 mm; arms down beside the
+    chest with probability 0.35 (else raised, out of the scan).
 
     Args:
         rng: random generator.
@@ -119,7 +127,7 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
     dome_left = dome_right - float(rng.uniform(5.0, 20.0))
     half_back = depth * 0.53
     spine_y = half_back - fat * 0.6 - 62.0
-    return BodyPlan(
+    plan = BodyPlan(
         cx=float(rng.normal(0.0, 8.0)),
         cy=float(rng.normal(0.0, 8.0)),
         half_width=half_width,
@@ -148,6 +156,82 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
         ),
         pectoral=float(rng.uniform(6.0, 22.0)),
     )
+    # drawn after the rest, so that the other proportions do not depend on them
+    arms: tuple[float, ...] = ()
+    if rng.uniform() < P_ARMS_DOWN:
+        radius = float(rng.uniform(38.0, 50.0)) * (0.85 + 0.3 * size)
+        arms = (radius, float(rng.uniform(2.0, 25.0)), float(np.clip(fat * rng.uniform(0.4, 0.8), 3.0, 20.0)), float(rng.normal(0.0, 10.0)))
+    rv = float(rng.uniform(0.8, 1.5)) if contrast else float(rng.uniform(0.95, 1.05))
+    return replace(plan, arms=arms, rv_contrast=rv)
+
+
+def scale_in_plane(plan: BodyPlan, factor: float) -> BodyPlan:
+    """The same patient scaled in-plane by ``factor`` about the body centre (a smaller or larger build).
+
+    Every in-plane length (outline, wall layers, mediastinum, heart, spine) is scaled, so the
+    lungs' lateral and antero-posterior extents scale exactly; heights are kept.
+    """
+    f = float(factor)
+    hx, hy, hz = plan.heart_center
+    ax, ay, az = plan.heart_axes
+    return replace(
+        plan,
+        half_width=plan.half_width * f,
+        half_depth_front=plan.half_depth_front * f,
+        half_depth_back=plan.half_depth_back * f,
+        fat=plan.fat * f,
+        muscle=plan.muscle * f,
+        med_half_width=plan.med_half_width * f,
+        heart_center=(plan.cx + (hx - plan.cx) * f, plan.cy + (hy - plan.cy) * f, hz),
+        heart_axes=(ax * f, ay * f, az),
+        spine_y=plan.spine_y * f,
+        spine_radius=plan.spine_radius * f,
+        pectoral=plan.pectoral * f,
+        arms=tuple(v * f for v in plan.arms),
+    )
+
+
+def lung_extent(plan: BodyPlan, step: float = 2.0) -> tuple[float, float, float, float]:
+    """World (x_min, x_max, y_min, y_max) of the lungs, from their signed distance on a coarse grid."""
+    x = np.arange(plan.cx - plan.half_width, plan.cx + plan.half_width + step, step, dtype=F32)
+    y = np.arange(plan.cy - plan.half_depth_front, plan.cy + plan.half_depth_back + step, step, dtype=F32)
+    z = np.linspace(plan.z_base, plan.z_top, 12, dtype=F32)
+    inside = lung_sd(plan, x[None, None, :], y[None, :, None], z[:, None, None]) < 0
+    if not inside.any():
+        return plan.cx, plan.cx, plan.cy, plan.cy
+    ix = np.nonzero(inside.any(axis=(0, 1)))[0]
+    iy = np.nonzero(inside.any(axis=(0, 2)))[0]
+    return float(x[ix[0]] - step), float(x[ix[-1]] + step), float(y[iy[0]] - step), float(y[iy[-1]] + step)
+
+
+def fit_to_field(plan: BodyPlan, center_xy: tuple[float, float], half_fov: float, margin: float) -> BodyPlan:
+    """The plan scaled down in-plane (if needed) so that both lungs lie ``margin`` mm inside
+    the square field of view of half width ``half_fov`` centred at ``center_xy``.
+
+    A scanner operator chooses the reconstruction field of view to hold both lungs; when
+    the requested pixel size makes the field small, the patient drawn is a smaller one.
+    """
+    x0, x1, y0, y1 = lung_extent(plan)
+    room = half_fov - margin
+    dx, dy = center_xy[0] - plan.cx, center_xy[1] - plan.cy
+    limits = [1.0]
+    for reach, extent in ((room + dx, x1 - plan.cx), (room - dx, plan.cx - x0), (room + dy, y1 - plan.cy), (room - dy, plan.cy - y0)):
+        if extent > 0:
+            limits.append(max(reach, 1.0) / extent)
+    f = min(limits)
+    return plan if f >= 1.0 else scale_in_plane(plan, f * 0.995)
+
+
+def arm_sd(plan: BodyPlan, x: np.ndarray, y: np.ndarray, side: int) -> np.ndarray:
+    """Signed distance (mm) to the skin of the arm on ``side`` (-1 right, +1 left); large without arms."""
+    if not plan.arms:
+        return np.full(np.broadcast(np.asarray(x), np.asarray(y)).shape, 1e3, F32)
+    radius, gap, _fat, dy = plan.arms[:4]
+    ax = F32(plan.cx + side * (plan.half_width + gap + radius))
+    ay = F32(plan.cy + dy)
+    u = (np.asarray(x, F32) - ax) / F32(0.9)
+    v = np.asarray(y, F32) - ay
+    return np.asarray(np.sqrt(u * u + v * v) - F32(radius), F32)
 
 
 def _rel(plan: BodyPlan, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

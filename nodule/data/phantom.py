@@ -87,9 +87,17 @@ DIAMETER_QUANTILES = (
 DIAMETER_RANGE = (3.0, 30.0)
 
 SCAN_FOV_RADIUS = 250.0  # mm, radius of the scanner's scan field of view
+# mm: vessels and airways of a larger radius (> 3.5 mm calibre: hilar and mediastinal vessels,
+# lobar bronchi) are never overlapped by a nodule; juxtavascular nodules touch smaller ones
+LARGE_TUBE_RADIUS = 1.75
+FOV_LUNG_MARGIN = 10.0  # mm, least distance from either lung to the edge of the field of view
 
 # Tissue HU
-SKIN_HU, FAT_HU, MUSCLE_HU, MEDIASTINUM_HU = 30.0, -100.0, 45.0, 5.0
+# the mediastinum between its vessels, airways and the heart is mostly fat (fat planes)
+SKIN_HU, FAT_HU, MUSCLE_HU, MEDIASTINUM_HU = 30.0, -100.0, 45.0, -75.0
+MYOCARDIUM_HU, PERICARDIAL_FAT_HU = 50.0, -90.0
+PERICARDIAL_FAT = 0.1  # relative thickness of the fat around the heart
+SEPTUM_MM = 5.0  # half thickness of the interventricular septum
 CORTEX_HU, MARROW_HU, CARTILAGE_HU, AIRWAY_WALL_HU = 750.0, 220.0, 130.0, 30.0
 TYPE_TEXTURE = {"solid": 5, "part-solid": 3, "ground-glass": 1, "calcified": 5}
 
@@ -189,6 +197,11 @@ class PhantomScan:
 class _Structures:
     classes: dict[str, np.ndarray]  # tube class -> capsules (M, 8)
     lung_vessels: np.ndarray  # pulmonary vessel capsules (for placement)
+
+    def obstacles(self) -> np.ndarray:
+        """Capsules no nodule may overlap: vessels and airways wider than ``2 * LARGE_TUBE_RADIUS``."""
+        caps = np.vstack([self.classes["blood"], self.classes["airway_wall"]])
+        return np.asarray(caps[np.maximum(caps[:, 6], caps[:, 7]) > LARGE_TUBE_RADIUS])
 
 
 @dataclass
@@ -396,10 +409,18 @@ def _place(
     radius: float,
     vessels: np.ndarray,
     taken: list[tuple[np.ndarray, float]],
+    obstacles: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """A world centre for a finding of ``radius`` with the given attachment, or None."""
+    """A world centre for a finding of ``radius`` with the given attachment, or None.
+
+    Every attachment keeps the whole sphere inside the lung and off ``obstacles`` (large
+    vessels and airways, :meth:`_Structures.obstacles`); a juxtavascular finding touches a
+    pulmonary vessel of radius 0.7 mm to ``LARGE_TUBE_RADIUS`` from outside (its centre
+    lies outside that vessel); isolated and perifissural ones keep 1 mm from vessels of
+    radius >= 0.8 mm.
+    """
     big = vessels[np.maximum(vessels[:, 6], vessels[:, 7]) >= 0.8]
-    for _ in range(30):
+    for _ in range(40):
         if attachment == "juxtapleural":
             p = an.sample_lung_points(plan, rng, 16, max_sd=-0.1, min_sd=-0.6)
             if not len(p):
@@ -407,7 +428,7 @@ def _place(
             n = an.lung_gradient(plan, p)
             c = p - n * (0.6 * radius)
         elif attachment == "juxtavascular":
-            sel = vessels[(vessels[:, 6] >= 0.7) & (vessels[:, 6] <= 3.5)]
+            sel = vessels[(vessels[:, 6] >= 0.7) & (np.maximum(vessels[:, 6], vessels[:, 7]) <= LARGE_TUBE_RADIUS)]
             seg = sel[rng.integers(len(sel), size=16)]
             t = rng.uniform(0.2, 0.8, size=(16, 1))
             axis = seg[:, 3:6] - seg[:, 0:3]
@@ -436,6 +457,9 @@ def _place(
         if attachment in ("isolated", "perifissural") and len(big):
             dv, _ = capsule_distance(c, big)
             ok &= dv > radius + 1.0
+        if obstacles is not None and len(obstacles):
+            dv, _ = capsule_distance(c, obstacles)
+            ok &= dv > radius + 0.5
         for q, rq in taken:
             ok &= np.linalg.norm(c - q, axis=1) > radius + rq + 3.0
         if ok.any():
@@ -446,17 +470,19 @@ def _place(
 def _findings(
     plan: an.BodyPlan,
     rng: np.random.Generator,
-    vessels: np.ndarray,
+    structures: _Structures,
     bank: ShapeBank | None,
 ) -> tuple[list[_Placed], np.ndarray]:
     """Nodules, small nodules and non-nodules; returns them and the scar capsules."""
+    vessels = structures.lung_vessels
+    obstacles = structures.obstacles()
     placed: list[_Placed] = []
     taken: list[tuple[np.ndarray, float]] = []
     for _ in range(_draw_count(rng)):
         d = _draw_diameter(rng)
         ntype: NoduleType = _choice(rng, TYPE_P)
         attach: str = _choice(rng, ATTACHMENT_P)
-        c = _place(plan, rng, attach, d / 2.0, vessels, taken)
+        c = _place(plan, rng, attach, d / 2.0, vessels, taken, obstacles)
         if c is None:
             continue
         shape = bank.sample(rng, ntype, d) if bank is not None and len(bank) else ellipsoid_shape(rng, d)
@@ -469,7 +495,7 @@ def _findings(
     for _ in range(int(rng.poisson(1.0))):
         d = float(rng.uniform(1.5, 3.0))
         attach = "juxtapleural" if rng.uniform() < 0.3 else "isolated"
-        c = _place(plan, rng, attach, d / 2.0, vessels, taken)
+        c = _place(plan, rng, attach, d / 2.0, vessels, taken, obstacles)
         if c is None:
             continue
         ntype = "calcified" if rng.uniform() < 0.3 else "solid"
@@ -554,14 +580,16 @@ def _render_chunk(
     # heart (in its bounding box)
     hs = fixed["heart_box"]
     zsl = z[:, 0, 0]
-    zmask = np.abs(zsl - plan.heart_center[2]) < plan.heart_axes[2] + 2 * ps
+    zmask = np.abs(zsl - plan.heart_center[2]) < (1 + PERICARDIAL_FAT) * plan.heart_axes[2] + 2 * ps
     if zmask.any():
         k0, k1 = int(np.argmax(zmask)), int(len(zmask) - np.argmax(zmask[::-1]))
         rho = an.heart_rho(plan, x[..., hs[1]], y[:, hs[0], :], z[k0:k1])
         mn = f32(min(plan.heart_axes))
         where = (slice(k0, k1), hs[0], hs[1])
-        _mix(hu, 50.0, _soft((rho - 1) * mn, ps), where)
-        _mix(hu, plan.blood_hu, _soft((rho - 0.78) * mn, ps), where)
+        # pericardial fat, myocardium, and the blood of two chambers split by the septum
+        _mix(hu, PERICARDIAL_FAT_HU, _soft((rho - f32(1 + PERICARDIAL_FAT)) * mn, ps), where)
+        _mix(hu, MYOCARDIUM_HU, _soft((rho - 1) * mn, ps), where)
+        _mix(hu, fixed["heart_blood"], _soft((rho - 0.78) * mn, ps) * fixed["heart_chambers"], where)
     # spine: extruded 2D map with discs
     ss = fixed["spine_box"]
     period = 27.0
@@ -656,6 +684,29 @@ def _table(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rng: np.r
     return out
 
 
+def _arms(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, out: np.ndarray) -> np.ndarray:
+    """The arms down beside the chest (if the plan has them) painted onto the 2D background ``out``.
+
+    Each arm: skin, subcutaneous fat, muscle and the humerus (cortex, marrow), constant along z.
+    """
+    if not plan.arms:
+        return out
+    f32 = np.float32
+    radius, _gap, fat = plan.arms[:3]
+    for side in (-1, 1):
+        sd = an.arm_sd(plan, x, y, side)
+        if not (sd < ps).any():
+            continue
+        depth = -sd
+        tissue = SKIN_HU + (FAT_HU - SKIN_HU) * np.clip(f32(0.5) + (depth - f32(1.5)) / f32(ps), 0, 1)
+        tissue += (MUSCLE_HU - FAT_HU) * np.clip(f32(0.5) + (depth - f32(fat + 1.5)) / f32(ps), 0, 1)
+        bone = sd + f32(radius - 0.27 * radius)  # humerus: radius ~ 0.27 of the arm's
+        tissue += (CORTEX_HU - tissue) * _soft(bone, ps)
+        tissue += (MARROW_HU - tissue) * _soft(bone + f32(3.0), ps)
+        _mix(out, tissue, _soft(sd, ps))
+    return out
+
+
 def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-scan 2D fields (constant along z)."""
     f32 = np.float32
@@ -692,12 +743,18 @@ def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rn
     # heart box
     hx, hy, _ = plan.heart_center
     ax, ay, _ = plan.heart_axes
-    jy = np.nonzero(np.abs(yy - hy) < ay + 3 * ps)[0]
-    jx = np.nonzero(np.abs(xx - hx) < ax + 3 * ps)[0]
+    jy = np.nonzero(np.abs(yy - hy) < (1 + PERICARDIAL_FAT) * ay + 3 * ps)[0]
+    jx = np.nonzero(np.abs(xx - hx) < (1 + PERICARDIAL_FAT) * ax + 3 * ps)[0]
     hys = slice(int(jy[0]), int(jy[-1]) + 1) if len(jy) else slice(0, 0)
     hxs = slice(int(jx[0]), int(jx[-1]) + 1) if len(jx) else slice(0, 0)
+    # septum: a plane through the heart centre, normal toward the left ventricle (left, back)
+    sep = ((xx[hxs][None, :] - hx) + (yy[hys][:, None] - hy)) * f32(math.sqrt(0.5))
+    chambers = np.clip(f32(0.5) + (np.abs(sep) - f32(SEPTUM_MM)) / f32(ps), 0, 1)[None].astype(f32)
+    blood = np.where(sep > 0, f32(plan.blood_hu), f32(plan.blood_hu * plan.rv_contrast))[None].astype(f32)
     return {
-        "outside": _table(plan, x, y, ps, rng),
+        "outside": _arms(plan, x, y, ps, _table(plan, x, y, ps, rng)),
+        "heart_chambers": chambers,
+        "heart_blood": blood,
         "fat2": (fat + f32(2.0)).astype(f32),
         "wall": (fat + an.muscle_thickness(plan, x, y) + f32(2.0)).astype(f32),
         "dome": an.dome_height(plan, x, y),
@@ -774,6 +831,8 @@ def generate_phantom(
     z_hi = z_lo + (nz - 1) * dz
     center_x = plan.cx + float(r_scan.normal(0, 5))
     center_y = plan.cy + float(r_scan.normal(12, 5))
+    # the field of view holds both lungs: a small field (pixel size x matrix) gets a smaller patient
+    plan = an.fit_to_field(plan, (center_x, center_y), 0.5 * n * ps, FOV_LUNG_MARGIN)
     origin = (round(center_x - 0.5 * (n - 1) * ps, 4), round(center_y - 0.5 * (n - 1) * ps, 4), round(z_lo, 4))
     uid = series_uid or default_series_uid(seed, index, preset)
     info = SeriesInfo(series_uid=uid, modality="CT", slice_thickness=scanner.slice_thickness, kernel=scanner.kernel, manufacturer="nodule-phantom")
@@ -786,7 +845,7 @@ def generate_phantom(
     y = ys.astype(np.float32)[None, :, None]
 
     structures = _structures(plan, spec, r_tree, z_lo, z_hi)
-    placed, scars = _findings(plan, r_find, structures.lung_vessels, shape_bank)
+    placed, scars = _findings(plan, r_find, structures, shape_bank)
     fixed = _fixed_fields(plan, x, y, ps, r_tex)
 
     st = scanner.slice_thickness
