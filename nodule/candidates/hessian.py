@@ -83,6 +83,18 @@ def half_resolution(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def half_smoothed(
+    array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float], cache: SmoothingCache | None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``array`` at half resolution (:func:`half_resolution`) smoothed to ``sigma_mm`` in all
+    (the block means' own blur taken off), from ``cache`` when there, and its voxel size."""
+    sp = np.asarray(spacing_zyx, dtype=np.float64)
+    half = _cached(cache, (0.0, True), lambda: half_resolution(array))
+    residual = float(np.sqrt(max(sigma_mm**2 - 0.25 * float(sp.max()) ** 2, 0.0)))
+    half_sp = (float(2 * sp[0]), float(2 * sp[1]), float(2 * sp[2]))
+    return _cached(cache, (float(sigma_mm), True), partial(gaussian, half, residual, half_sp)), half_sp
+
+
 def _coarse_index(index: np.ndarray, shape: Sequence[int], coarse_shape: Sequence[int]) -> np.ndarray:
     """Flat index of the half-resolution voxel holding each fine voxel (kept off the border)."""
     zyx = np.unravel_index(index, tuple(shape))
@@ -169,9 +181,8 @@ def blob_response(
                 coarse_idx = _coarse_index(index, array.shape, half.shape)
             assert coarse_idx is not None
             # the block means' own blur (0.25 voxel^2) is taken off the sigma
-            residual = float(np.sqrt(sigma**2 - 0.25 * float(sp.max()) ** 2))
-            blurred = _cached(smoothed, (float(sigma), True), partial(gaussian, half, residual, tuple(2 * sp)))
-            h = hessian_at(blurred, coarse_idx, tuple(2 * sp))
+            blurred, half_sp = half_smoothed(array, float(sigma), spacing_zyx, smoothed)
+            h = hessian_at(blurred, coarse_idx, half_sp)
         else:
             blurred = smoothed_copy(array, sigma, spacing_zyx, smoothed)
             h = hessian_at(blurred, index, spacing_zyx)
