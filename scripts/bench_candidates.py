@@ -12,13 +12,18 @@ matching (hit: within the nodule's radius): sensitivity overall, per detector, p
 nodule type (solid / part-solid / ground-glass / calcified), size (3-5 / 5-10 / 10-20 /
 20-30 mm) and attachment (isolated / juxtavascular / juxtapleural / perifissural, from
 the folder's ``manifest.csv``), candidates per scan, and the misses. ``--candidates CSV``
-scores an existing candidate CSV of the folder instead of detecting.
+scores an existing candidate CSV of the folder instead of detecting. ``--uncapped``
+keeps every merged candidate (no ``max_per_scan``): the detectors' own sensitivity,
+before the ranker's cut, then the same scored after the cut (the best ``max_per_scan``
+by the ranker) from the same run; ``--limit N`` takes the first N scans (by file name)
+of each subset folder given with ``--subsets``.
 
 Targets: under 8 s per scan end to end on the 2-core machine, peak memory under 3 GB;
 sensitivity >= 0.97 at <= 150 candidates per scan.
 
     .venv/bin/python scripts/bench_candidates.py [--runs 3] [--seed 0] [--real-ct DIR]
     .venv/bin/python scripts/bench_candidates.py --sensitivity DIR [--jobs 2] [--no-timing] [--candidates CSV]
+        [--uncapped] [--subsets 0,1] [--limit N]
 """
 
 from __future__ import annotations
@@ -159,7 +164,35 @@ def breakdown(nodules: pd.DataFrame) -> list[str]:
     return lines
 
 
-def sensitivity(folder: Path, jobs: int, out: Path, candidates: Path | None = None) -> None:
+def _cap(table: pd.DataFrame, per_scan: int) -> pd.DataFrame:
+    """The best ``per_scan`` candidates of each scan by ``probability``."""
+    order = table.sort_values(["seriesuid", "probability"], ascending=[True, False], kind="stable")
+    return order.groupby("seriesuid", sort=False).head(per_scan).reset_index(drop=True)
+
+
+def _inputs(folder: Path, subsets: list[int] | None, limit: int | None) -> list[Path]:
+    """The scans (or the whole folder) to detect on."""
+    if subsets is None and limit is None:
+        return [folder]
+    names = [f"subset{k}" for k in subsets] if subsets is not None else sorted(
+        p.name for p in folder.glob("subset*") if p.is_dir()
+    )
+    out: list[Path] = []
+    for name in names:
+        files = sorted((folder / name).glob("*.mhd"))
+        out += files[:limit] if limit is not None else files
+    return out
+
+
+def sensitivity(
+    folder: Path,
+    jobs: int,
+    out: Path,
+    candidates: Path | None = None,
+    uncapped: bool = False,
+    subsets: list[int] | None = None,
+    limit: int | None = None,
+) -> None:
     """Candidates of every scan of a LUNA16-layout folder, scored against its annotations.
 
     Prints the sensitivity overall, per detector, per nodule type, size and attachment
@@ -170,16 +203,23 @@ def sensitivity(folder: Path, jobs: int, out: Path, candidates: Path | None = No
         jobs: parallel processes.
         out: where the candidate CSV is written.
         candidates: an existing candidate CSV of these scans to score instead of detecting.
+        uncapped: keep every merged candidate and score before and after the cap.
+        subsets: only these subset folders (None: all).
+        limit: only the first this many scans of each subset folder (None: all).
     """
     from nodule.data.luna16 import read_annotations, read_seriesuids
     from nodule.evaluation.froc import evaluate_froc
 
     pd.set_option("display.width", 200)
     t = time.perf_counter()
+    from nodule.candidates.detect import CandidateConfig
+
+    cap = CandidateConfig().max_per_scan
     if candidates is None:
         from nodule.candidates.batch import run_batch
 
-        result = run_batch([folder], out, jobs=jobs)
+        config = CandidateConfig(max_per_scan=10**9) if uncapped else None
+        result = run_batch(_inputs(folder, subsets, limit), out, jobs=jobs, config=config)
         ok = result.summary[result.summary["status"] == "ok"]
         uids = ok["seriesuid"].astype(str).tolist()
         n_failed = len(result.summary) - len(uids)
@@ -194,6 +234,17 @@ def sensitivity(folder: Path, jobs: int, out: Path, candidates: Path | None = No
     annotations = annotations[annotations["seriesuid"].isin(uids)].reset_index(drop=True)
     excluded_path = folder / "annotations_excluded.csv"
     excluded = read_annotations(excluded_path) if excluded_path.exists() else None
+    if uncapped:
+        before = evaluate_froc(
+            table, annotations, excluded=excluded, seriesuids=uids, n_bootstrap=0, max_marks_per_scan=None
+        )
+        n_before = table.groupby("seriesuid").size().reindex(uids, fill_value=0).astype(float)
+        print(
+            f"\nbefore the cap: {before.n_hits} / {before.n_nodules} nodules hit "
+            f"({before.n_hits / max(before.n_nodules, 1):.3f}), merged candidates per scan: "
+            f"mean {n_before.mean():.1f}, max {n_before.max():.0f}; after the cap of {cap}:"
+        )
+        table = _cap(table, cap)
     res = evaluate_froc(
         table, annotations, excluded=excluded, seriesuids=uids, n_bootstrap=0, max_marks_per_scan=None
     )
@@ -229,6 +280,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=Path, default=None, help="score this candidate CSV instead of detecting")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--uncapped", action="store_true", help="score every candidate, then the capped ones")
+    parser.add_argument("--subsets", default=None, help="comma-separated subset numbers (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="first N scans of each subset folder")
     args = parser.parse_args()
 
     if not args.no_timing:
@@ -248,7 +302,11 @@ def main() -> None:
                 _print_timing("real CT", _timed(real, args.runs))
     if args.sensitivity is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            sensitivity(args.sensitivity, args.jobs, Path(tmp) / "candidates.csv", args.candidates)
+            subsets = [int(k) for k in args.subsets.split(",")] if args.subsets else None
+            sensitivity(
+                args.sensitivity, args.jobs, Path(tmp) / "candidates.csv", args.candidates,
+                uncapped=args.uncapped, subsets=subsets, limit=args.limit,
+            )
 
 
 if __name__ == "__main__":
