@@ -18,9 +18,13 @@ Three stages, each resumable (a rerun skips what is finished):
 stage that ran is kept in ``OUT/timings.json`` (the first measurement of a stage is kept;
 remove the file to measure again) and goes to the model card.
 
-    nodule split make train_seed2000 cv_small_seed7000 external_lidc0001_seed0 \\
-        external_lidc0002_seed0 real_lidc --candidates true
+    nodule split make train_seed2000 train_cptac_seed0 train_a0001_seed0 cv_small_seed7000 \\
+        external_lidc0001_seed0 external_lidc0002_seed0 real_lidc --candidates true
     .venv/bin/python scripts/train_default_model.py
+
+The configuration's extra training sets (``extra_train``: nodules inserted into the
+training-side real scans) train only: the test, external and validation predictions read
+only their own data set.
 """
 
 from __future__ import annotations
@@ -117,13 +121,18 @@ def main() -> None:
             text = " ".join(cmd).replace(str(REPO_ROOT) + "/", "")
             return text.replace(str(cache_dir()), "$NODULE_CACHE")
 
+        import yaml
+
+        extra = (yaml.safe_load(config.read_text())["data"]["init_args"].get("extra_train")) or []
+        has_cv = (cv_dir / "summary.json").is_file()
+        sets = [args.dataset, *extra, *([args.cv_dataset] if has_cv else []), *EXTERNAL]
+        stages = "" if has_cv else " --stages train export"
         shown = [
-            "nodule split make train_seed2000 cv_small_seed7000 external_lidc0001_seed0 "
-            "external_lidc0002_seed0 real_lidc --candidates true",
-            ".venv/bin/python scripts/train_default_model.py",
+            f"nodule split make {' '.join(sets)} --candidates true",
+            f".venv/bin/python scripts/train_default_model.py{stages}",
             "# which runs, each step resumable:",
             plain(["python", "scripts/train_synth.py", *train_cmd[2:]]),
-            plain(["nodule", *cv_cmd[1:]]),
+            *([plain(["nodule", *cv_cmd[1:]])] if has_cv else []),
             plain(["python", "scripts/train_default_model.py", "--stages", "export"])
             + f"  # export_model(OUT/default, {plain([str(model_out)])})",
         ]
@@ -131,7 +140,7 @@ def main() -> None:
             out / "default",
             model_out,
             results=out / "results.json",
-            crossval=cv_dir if (cv_dir / "summary.json").is_file() else None,
+            crossval=cv_dir if has_cv else None,
             recipe=config,
             max_fp_per_scan=args.max_fp_per_scan,
             timings=timings,

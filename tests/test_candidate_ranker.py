@@ -115,7 +115,10 @@ def test_shipped_ranker_saw_only_the_splits_training_data() -> None:
     assert uids is not None
     assert set(uids) == set(split.training_scans("ranker")["seriesuid"])
     assert leaked_scans(uids, split.scan_table()).empty
-    assert ranker.info.get("split") == split.tag
+    # trained under an earlier version of the same split is fine while the ranker's own data are
+    # unchanged (checked above): a later version may add data sets for other learned parts
+    name, _, version = str(ranker.info.get("split")).partition("@v")
+    assert name == split.name and 1 <= int(version) <= split.version
 
 
 def _script(name: str) -> object:

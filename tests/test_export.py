@@ -108,3 +108,20 @@ def test_export_tiny_run(tiny_run: Path, tmp_path: Path) -> None:
     again = export_model(tiny_run, tmp_path / "again.pt", card=False)
     assert submission.stat().st_mtime_ns == stamp and again.threshold == model.threshold
     assert not (tmp_path / "MODEL_CARD.md").exists()
+
+
+def test_extra_training_sets_come_from_the_fit_overrides(tmp_path: Path) -> None:
+    """A run's config.yaml is rewritten by its later predictions (extra_train: []); the extra
+    training sets that ``nodule fit`` got are read from run.json's overrides."""
+    import yaml
+
+    from nodule.training.export import training_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    init = {"root": str(tmp_path / "data"), "train_folds": [0], "val_folds": [1], "extra_train": []}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"init_args": init}}))
+    assert training_data(run).extra_train == ()
+    overrides = ["--data.init_args.extra_train=[a]", "--data.init_args.extra_train=[train_cptac_seed0, train_a0001_seed0]"]
+    (run / "run.json").write_text(json.dumps({"params": {"overrides": overrides}}))
+    assert training_data(run).extra_train == ("train_cptac_seed0", "train_a0001_seed0")  # the last one wins

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from nodule.fingerprint import file_fingerprint, fingerprint
 from nodule.models.bundle import (
@@ -159,6 +160,20 @@ class TrainingData:
     test_folds: list[int]
     split_tag: str | None
     split_fingerprint: str | None
+    extra_train: tuple[str, ...] = ()
+
+
+def _override(params: Mapping[str, Any], key: str) -> Any:
+    """The value a ``run.json``'s overrides give ``key`` (the last one wins), parsed as YAML.
+
+    ``nodule fit`` got these; the run's ``config.yaml`` is rewritten by every later
+    ``nodule predict`` of the run, so it need not show the training settings."""
+    value = None
+    for arg in params.get("overrides") or []:
+        name, _, text = str(arg).partition("=")
+        if name == key:
+            value = yaml.safe_load(text)
+    return value
 
 
 def training_data(
@@ -210,7 +225,8 @@ def training_data(
         test = list(init.get("test_folds") or [])
     if not folds:
         raise ValueError(f"{run_dir}: no validation folds to choose the threshold on")
-    return TrainingData(root, dataset, sorted(folds), train, test, tag, split_fp)
+    extra = tuple(str(n) for n in (_override(params, "--data.init_args.extra_train") or init.get("extra_train") or []))
+    return TrainingData(root, dataset, sorted(folds), train, test, tag, split_fp, extra)
 
 
 def _validation_submission(run_dir: Path, checkpoint: Path, data: TrainingData, work: Path) -> Path:
@@ -308,8 +324,39 @@ def _generator(root: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     raw = json.loads(path.read_text())
-    keep = ("generator", "version", "seed", "preset", "scans", "shapes", "shape_bank_version", "fingerprint", "one_patient")
+    keep = (
+        "generator",
+        "version",
+        "seed",
+        "preset",
+        "scans",
+        "shapes",
+        "shape_bank_part",
+        "shape_bank_version",
+        "ct_series_uid",
+        "known_findings",
+        "fingerprint",
+        "one_patient",
+    )
     return {k: raw[k] for k in keep if k in raw}
+
+
+def _extra_training(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per extra training data set (``extra_train``): its folder, generator record and scans."""
+    from nodule.data.sets import dataset_root
+    from nodule.training.datamodule import folder_folds
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        root = dataset_root(name)
+        generator = _generator(root) or {}
+        out[name] = {
+            "data_root": str(root),
+            "generator": generator,
+            "data": generator.get("fingerprint") or str(root),
+            "n_scans": sum(len(v) for v in folder_folds(root).values()),
+        }
+    return out
 
 
 def _figure(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -473,7 +520,9 @@ def export_model(
         role: sum(fold_scans.get(k, 0) for k in folds)
         for role, folds in (("train", data.train_folds), ("val", data.val_folds), ("test", data.test_folds))
     }
+    extra = _extra_training(data.extra_train)
     shaped = {
+        "extra_train": {k: v.get("data") for k, v in extra.items()},
         "recipe": recipe_fp,
         "overrides": params.get("overrides", []),
         "dataset": data.dataset,
@@ -500,6 +549,7 @@ def export_model(
             "val_folds": data.val_folds,
             "test_folds": data.test_folds,
             "n_scans": n_scans,
+            "extra_train": extra,
             "recipe": None if recipe is None else Path(recipe).name,
             "recipe_fingerprint": recipe_fp,
             "overrides": params.get("overrides", []),
@@ -569,6 +619,20 @@ def _minutes(seconds: Any) -> str:
     return f"{int(s // 60)} min {round(s % 60)} s"
 
 
+def _extra_line(name: str, entry: Mapping[str, Any]) -> str:
+    """The card's line for one extra training data set."""
+    g = entry.get("generator") or {}
+    if g.get("generator") == "nodule insert":
+        what = (
+            f"nodules of the shape bank's `{g.get('shape_bank_part', '?')}` part inserted into variants of the real scan"
+            f" {g.get('ct_series_uid', '?')} (seed {g.get('seed', '?')}; its {g.get('known_findings', 0)} known real finding(s)"
+            " excluded, never a positive or a negative)"
+        )
+    else:
+        what = f"made by `{g.get('generator', '?')}` (seed {g.get('seed', '?')})"
+    return f"- Also trains on data set `{name}`: {entry.get('n_scans', '?')} scans, all of them training; {what}."
+
+
 def model_card(bundle: ModelBundle, filename: str = "model.pt") -> str:
     """The model card (Markdown) of an exported model, from its metadata."""
     meta = bundle.metadata
@@ -582,10 +646,16 @@ def model_card(bundle: ModelBundle, filename: str = "model.pt") -> str:
     args = bundle.init_args
     p = bundle.patch
     n_scans = training.get("n_scans") or {}
+    extra = training.get("extra_train") or {}
+    trained_on = (
+        "synthetic chest CT and variants of real chest CTs with inserted nodules"
+        if extra
+        else "synthetic chest CT only"
+    )
     lines = [
         f"# Model card: {meta.get('name', 'nodule model')} ({bundle.version})",
         "",
-        f"**{RESEARCH_USE_ONLY}** This model was trained on synthetic chest CT only. It has not been",
+        f"**{RESEARCH_USE_ONLY}** This model was trained on {trained_on}. It has not been",
         "validated on a clinical population and must not be used to diagnose, screen or treat anyone.",
         "",
         "## Summary",
@@ -607,6 +677,7 @@ def model_card(bundle: ModelBundle, filename: str = "model.pt") -> str:
         f" (LIDC shape bank version {generator.get('shape_bank_version', '?')}; data fingerprint `{generator.get('fingerprint', '?')}`).",
         f"- Subsets {training.get('train_folds')} train, {training.get('val_folds')} validate (checkpoint selection by"
         f" validation CPM and the threshold), {training.get('test_folds')} test (never seen in training or selection).",
+        *[_extra_line(name, e) for name, e in extra.items()],
         f"- Recipe `configs/{training.get('recipe') or '?'}` (fingerprint `{training.get('recipe_fingerprint')}`); best"
         f" checkpoint `{training.get('checkpoint')}` (epoch {training.get('epoch')}, validation CPM {_num(training.get('best_val_cpm'))}).",
         "",
@@ -702,9 +773,20 @@ def model_card(bundle: ModelBundle, filename: str = "model.pt") -> str:
         "",
         "## Known limits",
         "",
-        "- Synthetic training data only: procedural chest phantoms with nodules shaped like LIDC-IDRI",
-        "  radiologists' contours. How well it transfers to real CT is measured only on nodules inserted",
-        "  into two real scans and on two real scans with one nodule: far too little to claim anything.",
+        *(
+            [
+                "- Mostly synthetic training data: procedural chest phantoms with nodules shaped like LIDC-IDRI",
+                "  radiologists' contours, and variants of only two real chest CTs (two patients) with inserted",
+                "  nodules. How well it transfers to real CT is measured only on nodules inserted into two other",
+                "  real scans and on those two real scans with one nodule: far too little to claim anything.",
+            ]
+            if extra
+            else [
+                "- Synthetic training data only: procedural chest phantoms with nodules shaped like LIDC-IDRI",
+                "  radiologists' contours. How well it transfers to real CT is measured only on nodules inserted",
+                "  into two real scans and on two real scans with one nodule: far too little to claim anything.",
+            ]
+        ),
         f"- Small data: {n_scans.get('train', '?')} training scans, {n_scans.get('val', '?')} validation scans (the threshold),"
         f" {n_scans.get('test', '?')} test scans with {(test or {}).get('n_nodules', '?')} nodules: the confidence intervals are wide.",
         f"- A CPU-sized network ({p.size_px} px views, {len(args.get('channels') or [])} small convolutions, trained for minutes on 2 cores), not a tuned",
