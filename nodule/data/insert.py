@@ -85,7 +85,7 @@ PSF_SIGMA_MM = 0.5
 EXCLUDED_MARGIN_MM = 10.0
 NODULE_GAP_MM = 5.0
 NOTES = (
-    "External test set built from ONE real patient's anatomy: every scan is a variant "
+    "Insertion set built from ONE real patient's anatomy: every scan is a variant "
     "(mirror, small rotation, crop) of the same CT with different inserted nodules. Scans "
     "are not independent; confidence intervals must resample nodules, not scans. Real "
     "findings of the base scan are listed in annotations_excluded.csv."
@@ -678,7 +678,9 @@ def build_insert_dataset(
     bank: ShapeBank | None = None,
     lung_labels: np.ndarray | None = None,
 ) -> Path:
-    """Build the external test set: variants of one real scan with inserted nodules.
+    """Build an insertion set: variants of one real scan with inserted nodules (an external
+    test set on a test-side scan with held-out shapes, or training data on a training-side
+    scan with the training part of the shape bank, as the split description says).
 
     Writes the LUNA16 layout through :mod:`nodule.data.layout` (the same as ``nodule
     synth``): ``subsetK/<uid>.mhd`` (+ ``.zraw``, int16 HU) with a JSON sidecar,
@@ -701,7 +703,8 @@ def build_insert_dataset(
         excluded: CSV of known findings of the base (seriesuid,coordX,coordY,coordZ,
             diameter_mm[,description]); rows of other series are ignored.
         nodules_per_scan: inclusive range of the nodule count per scan.
-        bank: shapes to use (default: the ``insert`` part of the cached bank).
+        bank: shapes to use (default: the ``insert`` part of the cached bank, held out for
+            test sets; training sets pass the ``synth`` part).
         lung_labels: lung labels of the base (default: :func:`nodule.lung.segment_lungs`).
 
     Returns:
