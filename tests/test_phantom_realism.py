@@ -26,10 +26,10 @@ ROWS = (
 def test_realism_script_on_a_small_phantom(real_ct_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "realism.md"
     env = {**os.environ, "NODULE_DATA": str(real_ct_dir.parent.parent)}
-    names = [real_ct_dir.name] + [n for n in ("lung-pet-ct-dx-a0001",) if (real_ct_dir.parent / n).is_dir()]
+    names = [real_ct_dir.name]  # one real scan keeps the test short; the default is all four
     command = [sys.executable, str(REPO_ROOT / "scripts" / "phantom_realism.py"), "--n", "1", "--real", *names]
     command += ["--preset", "small", "--out", str(out), "--images", str(tmp_path / "images")]
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=400)
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=900)
     text = out.read_text()
     for row in ROWS:
         assert row in text, f"realism table lacks the row {row!r}"
@@ -47,6 +47,6 @@ def test_realism_script_on_a_small_phantom(real_ct_dir: Path, tmp_path: Path) ->
             assert len(row["phantoms"]) == 1, row["metric"]
             assert row["result"] in ("pass", "FAIL", "-")
     # a rerun (without pictures) reads every phantom's metrics from the cache: the same rows
-    subprocess.run(command[:-2], check=True, env=env, capture_output=True, timeout=400)
+    subprocess.run(command[:-2], check=True, env=env, capture_output=True, timeout=900)
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["scans"] == result["scans"]

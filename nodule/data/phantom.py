@@ -65,7 +65,7 @@ from nodule.data.vessels import (
 )
 from nodule.io import FILL_HU, SeriesInfo, Volume, equivalent_diameter
 
-GENERATOR_VERSION = "0.1.0"
+GENERATOR_VERSION = "0.2.0"  # 0.2.0: FOV-fitted body, placement off large vessels, arms, heart chambers, mediastinal fat
 Preset = Literal["small", "full"]
 Attachment = Literal["isolated", "juxtavascular", "juxtapleural", "perifissural"]
 FindingKind = Literal["nodule", "small_nodule", "non_nodule"]
