@@ -1,4 +1,5 @@
-"""Benchmark of the candidate stage: time of each step and peak memory, and sensitivity.
+"""Benchmark of the candidate stage: time of each step and peak memory, and sensitivity
+(with 95 % Wilson intervals).
 
 Timing: each run happens in a fresh process (so that its peak resident memory is the
 study's own) on a ``full`` synthetic scan written as .mhd (generated once, seeded) and
@@ -132,6 +133,14 @@ def _detectors_hitting(nodules: pd.DataFrame, candidates: pd.DataFrame) -> pd.Se
     return pd.Series(hit_by, index=nodules.index, dtype=object)
 
 
+def _with_ci(hits: int, n: int) -> str:
+    """``0.922 [0.830, 0.966]``: the proportion with its 95 % Wilson interval."""
+    from nodule.evaluation.proportion import wilson
+
+    p = wilson(hits, n)
+    return f"{p.value:.3f} [{p.low:.3f}, {p.high:.3f}]"
+
+
 def breakdown(nodules: pd.DataFrame) -> list[str]:
     """Lines of the sensitivity breakdown: overall, per detector, type, size and attachment.
 
@@ -146,14 +155,14 @@ def breakdown(nodules: pd.DataFrame) -> list[str]:
     def line(name: str, sel: pd.Series) -> str:
         n = int(sel.sum())
         h = int(nodules.loc[sel, "hit"].astype(bool).sum())
-        return f"  {name:<16s} {h:4d} / {n:<4d} " + (f"{h / n:.3f}" if n else "  -")
+        return f"  {name:<16s} {h:4d} / {n:<4d} " + (_with_ci(h, n) if n else "  -")
 
     everything = pd.Series(True, index=nodules.index)
     lines = ["overall:", line("all", everything), "per detector (nodules hit by its candidates):"]
     for d in ("solid", "subsolid", "large_solid"):
         n = len(nodules)
         h = int(nodules["hit_by"].str.split("+").apply(lambda s, d=d: d in s).sum())
-        lines.append(f"  {d:<16s} {h:4d} / {n:<4d} {h / max(n, 1):.3f}")
+        lines.append(f"  {d:<16s} {h:4d} / {n:<4d} " + (_with_ci(h, n) if n else "  -"))
     lines.append("per type:")
     lines += [line(t, nodules["nodule_type"] == t) for t in TYPES]
     lines.append("per size (mm):")
