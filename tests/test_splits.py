@@ -98,6 +98,25 @@ def test_training_side_background_never_tests() -> None:
     assert _rules(split) == ["real-scan-side"]
 
 
+def test_synthetic_sets_name_their_generator_version(tmp_path: Path) -> None:
+    """A set pinned to an earlier generator keeps that version's scans (UIDs) and is not remade
+    by the current generator; a malformed version is refused."""
+    from nodule.data.phantom import GENERATOR_VERSION
+    from nodule.data.sets import make_dataset
+
+    old = {"synth": {"seed": 7, "scans": 3, "preset": "small", "generator": "0.1.0"}, "roles": {"train": "all"}}
+    new = {"synth": {"seed": 7, "scans": 3, "preset": "small"}, "roles": {"test": "all"}}
+    split = _split({"old": old})
+    assert GENERATOR_VERSION != "0.1.0"
+    assert split.scans("old")["seriesuid"].tolist() == [default_series_uid(7, i, "small", "0.1.0") for i in range(3)]
+    assert split.scans("old")["seriesuid"].tolist() != _split({"new": new}).scans("new")["seriesuid"].tolist()
+    with pytest.raises(SplitError, match=r"made by generator 0\.1\.0.*last commit: 1877ec1"):
+        make_dataset(split, "old", root=tmp_path / "old", progress=False)
+    assert not (tmp_path / "old").exists()
+    with pytest.raises(SplitError, match="generator must be a version"):
+        _split({"bad": {**old, "synth": {**old["synth"], "generator": "new"}}})
+
+
 def test_insert_shapes_follow_the_roles() -> None:
     """Training insertion sets take the shape bank's training part; test sets its held-out part."""
     train = {"insert": {"background": "other", "seed": 0, "scans": 3, "shapes": "synth"}, "roles": {"train": "all"}}

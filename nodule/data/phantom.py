@@ -768,11 +768,12 @@ def _fixed_fields(plan: an.BodyPlan, x: np.ndarray, y: np.ndarray, ps: float, rn
     }
 
 
-def default_series_uid(seed: int, index: int, preset: str) -> str:
-    """A valid DICOM SeriesInstanceUID that depends only on (seed, index, preset)."""
+def default_series_uid(seed: int, index: int, preset: str, version: str = GENERATOR_VERSION) -> str:
+    """A valid DICOM SeriesInstanceUID that depends only on (seed, index, preset) and the
+    generator version (default the current one; an earlier one gives that version's scans' UIDs)."""
     from pydicom.uid import generate_uid
 
-    return str(generate_uid(entropy_srcs=[f"nodule-synth-{GENERATOR_VERSION}", str(seed), str(index), preset]))
+    return str(generate_uid(entropy_srcs=[f"nodule-synth-{version}", str(seed), str(index), preset]))
 
 
 def generate_phantom(

@@ -24,6 +24,11 @@ from nodule.paths import REPO_ROOT, cache_dir, luna16_dir
 FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "description"]
 
 
+GENERATOR_RELEASES = {"0.1.0": "1877ec1"}
+"""The last commit of each earlier ``nodule synth`` generator version, for remaking the data
+sets the split pins to it."""
+
+
 def dataset_root(name: str) -> Path:
     """The default folder of a split's data set: ``$NODULE_CACHE/sets/<name>``."""
     return cache_dir("sets") / name
@@ -154,7 +159,18 @@ def make_dataset(
     out = Path(root) if root is not None else dataset_root(name)
     p = dataset.params
     if dataset.kind == "synth":
+        from nodule.data.phantom import GENERATOR_VERSION
+        from nodule.data.splits import generator_version
         from nodule.data.synth import run_synth
+
+        wanted = generator_version(dataset)
+        if wanted != GENERATOR_VERSION:
+            last = GENERATOR_RELEASES.get(wanted, "unknown")
+            raise SplitError(
+                f"data set {name} of {split.path} is made by generator {wanted}; this code's generator is "
+                f"{GENERATOR_VERSION}. Make it with the code of that generator (its last commit: {last}) "
+                f"or give the data set generator {GENERATOR_VERSION} (new scans, a new data set)"
+            )
 
         run_synth(out=out, scans=int(p["scans"]), seed=int(p["seed"]), preset=p["preset"], jobs=jobs, progress=progress)
     elif dataset.kind == "insert":

@@ -4,7 +4,7 @@ One versioned YAML file (``configs/splits/default.yaml``) names the real scans a
 side (test-only or training side), the LIDC patients reserved from the shape bank, every
 data set with the role of each of its subsets (``train``, ``val``, ``test``,
 ``crossval``) and what each learned part trains on. Every data set is defined by the
-command that makes it (``nodule synth`` seed, scans and preset; ``nodule insert``
+command that makes it (``nodule synth`` seed, scans, preset and generator version; ``nodule insert``
 background, seed and the part of the shape bank its nodules come from) or by the files it is found in, so the SeriesInstanceUID of every
 scan can be computed without the data (:meth:`Split.scans`). :func:`check_split` reports
 a scan in two data sets, a patient on two sides (or in two cross-validation folds), a
@@ -273,6 +273,8 @@ def parse_split(raw: Mapping[str, Any], path: Path) -> Split:
             raise SplitError(
                 f"{path}: data set {name!r}: shapes must be one of {SHAPE_PARTS}, got {params.get('shapes')!r}"
             )
+        if kind == "synth" and not re.fullmatch(r"\d+\.\d+\.\d+", str(params.get("generator", "0.0.0"))):
+            raise SplitError(f"{path}: data set {name!r}: generator must be a version such as 0.1.0, got {params.get('generator')!r}")
         for key in {"synth": ("seed", "scans", "preset"), "insert": ("seed", "scans")}.get(kind, ()):
             if key not in params:
                 raise SplitError(f"{path}: data set {name!r}: {kind} needs {key!r}")
@@ -335,13 +337,22 @@ def _frame(dataset: DataSet, uids: Sequence[str], subsets: Sequence[int], patien
     return table[SCAN_COLUMNS]
 
 
+def generator_version(dataset: DataSet) -> str:
+    """The ``nodule synth`` generator version a synthetic data set is made with: its
+    ``generator`` parameter (a set made by an earlier generator keeps its scans, whose
+    SeriesInstanceUIDs name that version), else the current one."""
+    from nodule.data.phantom import GENERATOR_VERSION
+
+    return str(dataset.params.get("generator", GENERATOR_VERSION))
+
+
 def _scans_of(split: Split, dataset: DataSet) -> pd.DataFrame:
     p = dataset.params
     if dataset.kind == "synth":
         from nodule.data.phantom import default_series_uid
 
         n, seed, preset = int(p["scans"]), int(p["seed"]), str(p["preset"])
-        uids = [default_series_uid(seed, i, preset) for i in range(n)]
+        uids = [default_series_uid(seed, i, preset, generator_version(dataset)) for i in range(n)]
         patients = [f"phantom:{preset}:{seed}:{i}" for i in range(n)]  # a phantom is its own patient
         return _frame(dataset, uids, [i % N_SUBSETS for i in range(n)], patients)
     if dataset.kind == "insert":
