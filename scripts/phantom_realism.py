@@ -433,6 +433,8 @@ def main() -> None:
     cmd = f"python scripts/phantom_realism.py --n {args.n} --seed {args.seed} --preset {args.preset}"
     if list(args.real) != list(REAL_SCANS):
         cmd += " --real " + " ".join(args.real)
+    if args.out:
+        cmd += f" --out {args.out.as_posix()}" + (f" --images {args.images.as_posix()}" if args.images else "")
     parts = [
         f"Phantoms: {args.n} `{args.preset}` scans per real scan (seed {args.seed}, indices 0-{args.n - 1}), each made "
         "with the real scan's slice thickness, "
