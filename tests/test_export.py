@@ -125,3 +125,13 @@ def test_extra_training_sets_come_from_the_fit_overrides(tmp_path: Path) -> None
     overrides = ["--data.init_args.extra_train=[a]", "--data.init_args.extra_train=[train_cptac_seed0, train_a0001_seed0]"]
     (run / "run.json").write_text(json.dumps({"params": {"overrides": overrides}}))
     assert training_data(run).extra_train == ("train_cptac_seed0", "train_a0001_seed0")  # the last one wins
+    # without overrides: the recipe the run was trained with (run.json records its fingerprint)
+    from nodule.fingerprint import file_fingerprint
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"init_args": {**init, "extra_train": ["train_cptac_seed0"]}}}))
+    (run / "run.json").write_text(json.dumps({"params": {"config": file_fingerprint(recipe), "overrides": []}}))
+    assert training_data(run, recipe=recipe).extra_train == ("train_cptac_seed0",)
+    other = tmp_path / "other.yaml"
+    other.write_text(recipe.read_text() + "# edited after training\n")
+    assert training_data(run, recipe=other).extra_train == ()  # not the file it trained with

@@ -182,10 +182,14 @@ def training_data(
     dataset: str | None = None,
     val_folds: Sequence[int] | None = None,
     split: Path | None = None,
+    recipe: Path | None = None,
 ) -> TrainingData:
     """The run's training data: given explicitly, else from ``run.json`` (written by
     ``scripts/train_synth.py``), else from the run's ``config.yaml``; with a split data set,
-    the folds are its subsets' roles.
+    the folds are its subsets' roles. The extra training sets (``extra_train``) are the fit's:
+    from ``run.json``'s overrides, else from ``recipe`` when it is the file the run was
+    trained with (its fingerprint is ``run.json``'s ``config``), else from ``config.yaml``
+    (which later predictions of the run rewrite).
 
     Raises:
         ValueError: no data folder or no validation folds can be found.
@@ -225,7 +229,11 @@ def training_data(
         test = list(init.get("test_folds") or [])
     if not folds:
         raise ValueError(f"{run_dir}: no validation folds to choose the threshold on")
-    extra = tuple(str(n) for n in (_override(params, "--data.init_args.extra_train") or init.get("extra_train") or []))
+    fit_init = init
+    if recipe is not None and params.get("config") and file_fingerprint(recipe) == params["config"]:
+        fit_init = ((_read_yaml(Path(recipe)).get("data") or {}).get("init_args")) or {}
+    override = _override(params, "--data.init_args.extra_train")
+    extra = tuple(str(n) for n in (override if override is not None else fit_init.get("extra_train") or []))
     return TrainingData(root, dataset, sorted(folds), train, test, tag, split_fp, extra)
 
 
@@ -496,7 +504,7 @@ def export_model(
         checkpoint, best_score = read_best(run_dir / "checkpoints")
     checkpoint = Path(checkpoint).expanduser().resolve()
     source = load_model(checkpoint)  # refuses another network before any data is read
-    data = training_data(run_dir, data_root, dataset, val_folds, split)
+    data = training_data(run_dir, data_root, dataset, val_folds, split, recipe)
     work = Path(work_dir) if work_dir is not None else run_dir / "export"
     submission = _validation_submission(run_dir, checkpoint, data, work)
     point, validation = validation_operating_point(submission, data, max_fp_per_scan)
