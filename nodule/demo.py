@@ -386,17 +386,21 @@ def _scored(detections: Path, dataset: Path, bootstrap: int, seed: int) -> tuple
 
 
 def _known_lesion_line(real_ct: Path) -> str:
-    """Where the CPTAC scan's recorded lesion (data_manifests/real_ct_known_findings.csv) ranks."""
+    """Where each training-side real scan's recorded lesion (data_manifests/real_ct_known_findings.csv:
+    CPTAC's nodule, A0001's tumour box) ranks among its findings."""
     import json
 
     import numpy as np
     import pandas as pd
 
+    from nodule.data.splits import load_split
     from nodule.paths import REPO_ROOT
 
-    known = pd.read_csv(REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv")
+    known = pd.read_csv(REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv", dtype={"seriesuid": str})
+    names = {scan.seriesuid: scan.name for scan in load_split().real_scans.values()}
     lines = []
     for lesion in known.to_dict("records"):
+        name = names.get(lesion["seriesuid"], "real scan")
         doc_path = real_ct / "studies" / f"{lesion['seriesuid']}.json"
         if not doc_path.exists():
             continue
@@ -410,11 +414,11 @@ def _known_lesion_line(real_ct: Path) -> str:
         if near:
             rank, f = near[0]
             lines.append(
-                f"CPTAC C3N-00247 known lesion ({lesion['diameter_mm']:.0f} mm): finding {f['id']}, rank {rank}, "
+                f"{name} known lesion ({lesion['diameter_mm']:.0f} mm): finding {f['id']}, rank {rank}, "
                 f"probability {f['probability']:.3f} ({'at or above' if f['above_threshold'] else 'below'} the threshold)"
             )
         else:
-            lines.append(f"CPTAC C3N-00247 known lesion ({lesion['diameter_mm']:.0f} mm): no finding within its radius")
+            lines.append(f"{name} known lesion ({lesion['diameter_mm']:.0f} mm): no finding within its radius")
     return "\n".join(lines)
 
 
