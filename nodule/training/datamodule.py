@@ -388,7 +388,7 @@ class Luna16DataModule(pl.LightningDataModule):
             "test": list(test_folds or []),
             "predict": list(test_folds or []) if predict_folds is None else list(predict_folds),
         }
-        self.fold_lists["train"] += [fold for _, fold in self._extra_folds()]
+        self.fold_lists["train"] += list(self._extra_folds().values())
         seen: dict[int, str] = {}
         for split in ("train", "val", "test"):
             for fold in self.fold_lists[split]:
@@ -452,12 +452,13 @@ class Luna16DataModule(pl.LightningDataModule):
             else [dataset_root(n) for n in names]
         )
 
-    def _extra_folds(self) -> list[tuple[int, int]]:
-        """``(subset, fold)`` of every train subset of the extra training sets, in order."""
+    def _extra_folds(self) -> dict[tuple[int, int], int]:
+        """``(j, subset) -> fold`` for every train subset of the ``j``-th extra training set:
+        fold ``10 + 10 * j + subset``, in order."""
         if not self.extra_train:
-            return []
+            return {}
         split = load_split(self.split_file)
-        out = []
+        out: dict[tuple[int, int], int] = {}
         for j, name in enumerate(self.extra_train):
             entry = split.dataset(name)
             other = sorted({r for r in entry.roles.values() if r != "train"})
@@ -466,7 +467,7 @@ class Luna16DataModule(pl.LightningDataModule):
                     f"extra_train data set {name} of {split.path} has {other} subsets; "
                     "only data sets (or subsets) that train may be added to training"
                 )
-            out += [(k, 10 + 10 * j + k) for k in entry.folds("train")]
+            out.update({(j, k): 10 + 10 * j + k for k in entry.folds("train")})
         return out
 
     def _check_scans(self, fold_of: dict[str, int]) -> None:
@@ -524,28 +525,25 @@ class Luna16DataModule(pl.LightningDataModule):
         )
         excluded = read_excluded(self.excluded_path) if self.excluded_path else None
         parts = [self._labelled(read_candidate_table(self.candidates_path), annotations, excluded)]
-        folds_of_extra = dict(self._extra_folds())
+        extra_folds = self._extra_folds()
         for j, root in enumerate(self.extra_roots):
-            extra_scans = find_scans(root)
-            extra_fold_of = {u: k for k, uids in read_folds(root / "folds").items() for u in uids}
-            mine = {
-                u for u, k in extra_fold_of.items() if 10 + 10 * j + k in folds_of_extra.values()
-            }
-            scans.update({u: v for u, v in extra_scans.items() if u in mine})
-            fold_of.update({u: 10 + 10 * j + extra_fold_of[u] for u in mine})
+            subset_of = {u: k for k, uids in read_folds(root / "folds").items() for u in uids}
+            mine = {u: extra_folds[(j, k)] for u, k in subset_of.items() if (j, k) in extra_folds}
+            scans.update({u: v for u, v in find_scans(root).items() if u in mine})
+            fold_of.update(mine)
             extra_ann = read_annotations(root / "annotations.csv")
             extra_exc = root / "annotations_excluded.csv"
             extra_excluded = read_excluded(extra_exc) if extra_exc.exists() else None
             table = read_candidate_table(root / "candidates.csv")
             parts.append(
                 self._labelled(
-                    table[table["seriesuid"].isin(mine)],
-                    extra_ann[extra_ann["seriesuid"].isin(mine)],
+                    table[table["seriesuid"].isin(mine.keys())],
+                    extra_ann[extra_ann["seriesuid"].isin(mine.keys())],
                     extra_excluded,
                 )
             )
             annotations = pd.concat(
-                [annotations, extra_ann[extra_ann["seriesuid"].isin(mine)]], ignore_index=True
+                [annotations, extra_ann[extra_ann["seriesuid"].isin(mine.keys())]], ignore_index=True
             )
             if extra_excluded is not None:
                 excluded = (
