@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from nodule.data.luna16 import read_annotations, read_excluded, read_folds, write_csv
-from nodule.data.splits import RealScan, Split, SplitError
+from nodule.data.splits import RealScan, Split, SplitError, shape_part
 from nodule.paths import REPO_ROOT, cache_dir, luna16_dir
 
 FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "description"]
@@ -180,7 +180,7 @@ def make_dataset(
         background = split.real_scans[str(p["background"])]
         out.mkdir(parents=True, exist_ok=True)
         findings = write_csv(real_findings(background), out / "background_findings.csv")
-        bank = load_shape_bank(p.get("shapes", "insert"))
+        bank = load_shape_bank(shape_part(dataset))  # type: ignore[arg-type]
         build_insert_dataset(
             background.path, out, scans=int(p["scans"]), seed=int(p["seed"]), excluded=findings, bank=bank
         )

@@ -269,7 +269,7 @@ def parse_split(raw: Mapping[str, Any], path: Path) -> Split:
             raise SplitError(
                 f"{path}: data set {name!r}: background {params.get('background')!r} is not a real scan of the split"
             )
-        if kind == "insert" and params.get("shapes", "insert") not in SHAPE_PARTS:
+        if kind == "insert" and params.get("shapes", SHAPE_PARTS[0]) not in SHAPE_PARTS:
             raise SplitError(
                 f"{path}: data set {name!r}: shapes must be one of {SHAPE_PARTS}, got {params.get('shapes')!r}"
             )
@@ -440,9 +440,15 @@ def check_scans(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
+def shape_part(dataset: DataSet) -> str:
+    """The part of the shape bank an insert data set's nodules come from: its ``shapes``
+    parameter, else ``insert`` (held out)."""
+    return str(dataset.params.get("shapes", SHAPE_PARTS[0]))
+
+
 def _shape_part_problems(dataset: DataSet, roles: set[Role]) -> list[Problem]:
     """An insert set's shapes must come from the part of the bank its roles allow."""
-    part = str(dataset.params.get("shapes", "insert"))
+    part = shape_part(dataset)
     if part == "insert" and roles - {"test"}:
         return [
             Problem(
