@@ -37,7 +37,11 @@ EvalSplit = Literal["val", "test"]
 
 
 def focal_loss(
-    logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | None = None
+    logits: Tensor,
+    target: Tensor,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor:
     """Focal loss (Lin et al. 2017) of softmax logits, averaged over the batch.
 
@@ -49,15 +53,16 @@ def focal_loss(
         target: (B,) class indices.
         gamma: focusing exponent (>= 0).
         alpha: weight of class 1 (``1 - alpha`` for the others); None: no weighting.
+        reduction: ``mean`` over the batch, or ``none`` (the (B,) per-candidate losses).
 
     Returns:
-        The scalar loss.
+        The scalar loss (or the per-candidate losses).
     """
     logp = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
     loss = -((1.0 - logp.exp()).clamp(min=0.0) ** gamma) * logp
     if alpha is not None:
         loss = loss * torch.where(target == 1, alpha, 1.0 - alpha)
-    return loss.mean()
+    return loss if reduction == "none" else loss.mean()
 
 
 def gather_objects(obj: Any) -> list[Any]:
@@ -168,6 +173,9 @@ class NoduleClassifier(pl.LightningModule):
         self.test_auroc = BinaryAUROC()
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"val": [], "test": []}
         self.last_evaluation: Evaluation | None = None
+        self.pseudo_label_weight = 1.0
+        """Weight of the pseudo-labelled candidates' loss (set each epoch by
+        :class:`~nodule.training.pseudo_labels.PseudoLabelling`)."""
 
     # ------------------------------------------------------------------ core
 
@@ -176,11 +184,28 @@ class NoduleClassifier(pl.LightningModule):
         out: Tensor = self.net(x)
         return out
 
-    def compute_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The configured loss of a batch."""
+    def compute_loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The configured loss of a batch; with ``weight`` (B,), the mean of the weighted
+        per-candidate losses."""
+        if weight is None:
+            if self.loss_name == "focal":
+                return focal_loss(logits, target, self.focal_gamma, self.focal_alpha)
+            return F.cross_entropy(logits, target)
         if self.loss_name == "focal":
-            return focal_loss(logits, target, self.focal_gamma, self.focal_alpha)
-        return F.cross_entropy(logits, target)
+            per = focal_loss(logits, target, self.focal_gamma, self.focal_alpha, reduction="none")
+        else:
+            per = F.cross_entropy(logits, target, reduction="none")
+        return (per * weight).mean()
+
+    def sample_weights(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Loss weights of a training batch: 1 for labelled candidates, the current
+        :attr:`pseudo_label_weight` (Lee 2013's ramped alpha) times the row's weight for
+        pseudo-labelled ones; None when the batch has no pseudo-label."""
+        pseudo = batch.get("pseudo")
+        if pseudo is None or not bool(pseudo.any()):
+            return None
+        weight = batch["weight"].float()
+        return torch.where(pseudo.bool(), self.pseudo_label_weight * weight, torch.ones_like(weight))
 
     @staticmethod
     def probability(logits: Tensor) -> Tensor:
@@ -190,7 +215,8 @@ class NoduleClassifier(pl.LightningModule):
     def _shared_step(self, batch: dict[str, Tensor], prefix: str, auroc: BinaryAUROC) -> Tensor:
         logits = self(batch["image"])
         target = batch["label"].long()
-        loss = self.compute_loss(logits, target)
+        weight = self.sample_weights(batch) if prefix == "train" else None
+        loss = self.compute_loss(logits, target, weight)
         prob = self.probability(logits)
         auroc.update(prob.detach(), target)
         on_step = prefix == "train"

@@ -15,13 +15,27 @@ of positives, and draws a class-balanced sample each epoch
 (:class:`BalancedSampler`). Validation, test and prediction use the fixed views of
 every candidate.
 
-Batches are dicts: ``image`` (B, V, H, W) float32, ``label`` (B,) int64 and
+Batches are dicts: ``image`` (B, V, H, W) float32, ``label`` (B,) int64,
 ``candidate_id`` (B,) int64 (the candidate's row in the candidates table, which
-:meth:`Luna16DataModule.evaluation_tables` maps back to scans and coordinates).
+:meth:`Luna16DataModule.evaluation_tables` maps back to scans and coordinates),
+``weight`` (B,) float32 (a pseudo-label's confidence weight, else 1) and ``pseudo``
+(B,) bool (the label is a pseudo-label).
+
+Semi-supervision (issue 14): with ``label_fraction`` < 1 only that fraction of each
+training fold's scans keeps its labels (:func:`~nodule.training.label_fraction.labelled_scans`);
+the candidates of the other training scans, and of the ``unlabelled_train`` data sets, form
+the ``unlabelled`` split: fixed views with label -1 and no cube, which a
+:class:`~nodule.training.pseudo_labels.PseudoLabelling` callback scores and turns into
+pseudo-labels (:meth:`Luna16DataModule.set_pseudo_labels`). Their hidden labels never
+enter a dataset; :meth:`Luna16DataModule.hidden_labels` gives them to measure pseudo-label
+quality only. With ``gan_generator``, a fraction ``gan_fraction`` of the positive training
+draws are nodules of the conditional GAN blended into the fixed views of a training
+negative (:mod:`nodule.training.gan_views`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import re
@@ -56,10 +70,11 @@ from nodule.patch_cache import (
 )
 from nodule.patches import Augment, PatchConfig, add_hu_noise, random_frames, scale_hu
 from nodule.paths import cache_dir as default_cache_root
-from nodule.training.labels import LABEL, label_candidates, training_rows
+from nodule.training.label_fraction import labelled_scans
+from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates, training_rows
 
 Stage = Literal["fit", "validate", "test", "predict"]
-Split = Literal["train", "val", "test", "predict"]
+Split = Literal["train", "val", "test", "predict", "unlabelled"]
 Item = int | tuple[int, int]
 """A dataset index: a row, or ``(row, draw)`` where ``draw`` seeds the row's augmentation."""
 
@@ -177,6 +192,13 @@ class BalancedSampler(Sampler[tuple[int, int]]):
         """Make the next pass draw the sample of ``epoch``."""
         self.epoch = epoch
 
+    def set_labels(self, labels: Sequence[int] | np.ndarray) -> None:
+        """Draw from new rows from now on (e.g. with pseudo-labelled rows added); the number
+        of draws per epoch stays."""
+        self.labels = np.asarray(labels).astype(np.int64)
+        self.positives = np.flatnonzero(self.labels == 1)
+        self.negatives = np.flatnonzero(self.labels != 1)
+
     def indices(self, epoch: int) -> np.ndarray:
         """The rows drawn in ``epoch``."""
         rng = np.random.default_rng([self.seed, epoch])
@@ -220,6 +242,10 @@ class CandidatePatches(Dataset[dict[str, Any]]):
             views (mirrored, with noise, as rows without a cube) instead of planes sampled
             from the cube, so that training positives also look like the fixed views that
             validation and test see.
+        weights: (N,) loss weight of each row (default 1).
+        pseudo: (N,) whether a row's label is a pseudo-label (default none).
+        gan: GAN positives (:class:`GanPositives`) that replace a fraction of the augmented
+            draws of labelled positives; None: none.
     """
 
     def __init__(
@@ -234,6 +260,9 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         augment: Augment | None = None,
         seed: int = 0,
         fixed_view_fraction: float = 0.0,
+        weights: np.ndarray | None = None,
+        pseudo: np.ndarray | None = None,
+        gan: GanPositives | None = None,
     ) -> None:
         if not 0.0 <= fixed_view_fraction <= 1.0:
             raise ValueError(f"fixed_view_fraction must be in [0, 1], got {fixed_view_fraction}")
@@ -247,6 +276,38 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         self.patch = patch
         self.augment = augment
         self.seed = seed
+        n = len(self.labels)
+        self.weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+        self.pseudo = np.zeros(n, bool) if pseudo is None else np.asarray(pseudo, bool)
+        self.gan = gan
+
+    def extended(
+        self,
+        patches_hu: np.ndarray,
+        labels: np.ndarray,
+        candidate_ids: np.ndarray,
+        weights: np.ndarray,
+    ) -> CandidatePatches:
+        """This dataset with pseudo-labelled rows appended (fixed views only, no cube)."""
+        return CandidatePatches(
+            patches_hu=np.concatenate([self.patches_hu, patches_hu]),
+            labels=np.concatenate([self.labels, np.asarray(labels, np.int64)]),
+            candidate_ids=np.concatenate([self.candidate_ids, np.asarray(candidate_ids, np.int64)]),
+            cubes=self.cubes,
+            cube_rows=np.concatenate([self.cube_rows, np.full(len(labels), -1, np.int64)]),
+            cube_spacing_mm=self.cube_spacing_mm,
+            patch=self.patch,
+            augment=self.augment,
+            seed=self.seed,
+            fixed_view_fraction=self.fixed_view_fraction,
+            weights=np.concatenate([self.weights, np.asarray(weights, np.float32)]),
+            pseudo=np.concatenate([self.pseudo, np.ones(len(labels), bool)]),
+            gan=self.gan,
+        )
+
+    def assign(self, other: CandidatePatches) -> None:
+        """Take ``other``'s rows in place (a DataLoader over this dataset sees them)."""
+        self.__dict__.update(other.__dict__)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -257,6 +318,14 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         if draw is None or self.augment is None:
             return scale_hu(self.patches_hu[row], self.patch)
         rng = np.random.default_rng([self.seed, draw])
+        if (
+            self.gan is not None
+            and self.labels[row] == 1
+            and not self.pseudo[row]
+            and rng.random() < self.gan.fraction
+        ):
+            views = scale_hu(self.gan.views(self.patches_hu, rng), self.patch)
+            return add_hu_noise(np.ascontiguousarray(views), self.patch, self.augment.noise_hu, rng)
         fixed = self.fixed_view_fraction > 0 and rng.random() < self.fixed_view_fraction
         if cube >= 0 and not fixed:
             frames = random_frames(1, self.patch, self.augment, rng)
@@ -275,7 +344,36 @@ class CandidatePatches(Dataset[dict[str, Any]]):
             "image": torch.from_numpy(self.views(row, draw)),
             "label": torch.tensor(self.labels[row]),
             "candidate_id": torch.tensor(self.candidate_ids[row]),
+            "weight": torch.tensor(self.weights[row]),
+            "pseudo": torch.tensor(self.pseudo[row]),
         }
+
+
+@dataclass
+class GanPositives:
+    """Nodules of the conditional GAN, blended into the fixed views of training negatives.
+
+    Attributes:
+        bank: nine views of each generated 3D nodule (occupancy and tissue HU), from
+            :func:`nodule.training.gan_views.generate_view_bank`.
+        backgrounds: rows (of the dataset's ``patches_hu``) of the labelled negatives whose
+            fixed views serve as context.
+        fraction: probability that an augmented draw of a labelled positive is replaced by
+            a GAN nodule.
+    """
+
+    bank: Any
+    backgrounds: np.ndarray
+    fraction: float
+
+    def views(self, patches_hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(V, H, W) HU views of a random GAN nodule in a random negative's context, mirrored."""
+        from nodule.training.gan_views import blend_views
+
+        k = int(rng.integers(len(self.bank.occupancy)))
+        background = patches_hu[int(self.backgrounds[int(rng.integers(len(self.backgrounds)))])]
+        views = blend_views(background.astype(np.float32), self.bank.occupancy[k], self.bank.hu[k])
+        return np.asarray(views[:, :: rng.choice([-1, 1]), :: rng.choice([-1, 1])], np.float32)
 
 
 def _expand(path: Path | None) -> Path | None:
@@ -330,6 +428,22 @@ class Luna16DataModule(pl.LightningDataModule):
             its ``train`` subsets join the training folds (as folds ``10 + 10 * j + k``); a
             data set with a validation or test subset is refused.
         extra_roots: folders of ``extra_train``, in the same order.
+        label_fraction: fraction of each training fold's scans (the extra training sets'
+            too) whose labels are used (:func:`~nodule.training.label_fraction.labelled_scans`);
+            the candidates of the others form the ``unlabelled`` split.
+        label_seed: seed of the choice of labelled scans.
+        unlabelled_train: data sets of the split description that join training without
+            labels (e.g. the training-side real backgrounds ``train_cptac_seed0``): their
+            train subsets' candidates form the ``unlabelled`` split (folds after the
+            ``extra_train`` ones); a data set with a validation or test subset is refused.
+        unlabelled_roots: folders of ``unlabelled_train`` (default ``$NODULE_CACHE/sets/<name>``).
+        gan_generator: a generator exported by :func:`nodule.training.gan_views.export_generator`:
+            a fraction ``gan_fraction`` of the augmented positive draws are its nodules
+            blended into the fixed views of labelled training negatives; None: no GAN.
+        gan_fraction: that fraction.
+        gan_bank_size: generated nodules (each viewed once, randomly rotated) per fit.
+        gan_texture_mix: probabilities of the GAN's textures (solid, part-solid,
+            ground-glass); diameters are drawn from the labelled training nodules.
     """
 
     def __init__(
@@ -361,11 +475,31 @@ class Luna16DataModule(pl.LightningDataModule):
         ranker: Path | None = None,
         extra_train: list[str] | None = None,
         extra_roots: list[Path] | None = None,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
+        unlabelled_train: list[str] | None = None,
+        unlabelled_roots: list[Path] | None = None,
+        gan_generator: Path | None = None,
+        gan_fraction: float = 0.3,
+        gan_bank_size: int = 1024,
+        gan_texture_mix: tuple[float, float, float] = (0.6, 0.2, 0.2),
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
+        self.unlabelled_train = list(unlabelled_train or [])
         self.extra_train = list(extra_train or [])
         self.extra_roots = self._extra_roots(self.extra_train, extra_roots)
+        self.unlabelled_roots = self._extra_roots(self.unlabelled_train, unlabelled_roots)
+        if not 0.0 < label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        self.label_fraction = label_fraction
+        self.label_seed = label_seed
+        if not 0.0 <= gan_fraction <= 1.0:
+            raise ValueError(f"gan_fraction must be in [0, 1], got {gan_fraction}")
+        self.gan_generator = _expand(gan_generator)
+        self.gan_fraction = gan_fraction
+        self.gan_bank_size = gan_bank_size
+        self.gan_texture_mix = tuple(gan_texture_mix)
         self.dataset = dataset
         self.split_file = _expand(split_file)
         self.ranker_path = _expand(ranker)
@@ -418,6 +552,7 @@ class Luna16DataModule(pl.LightningDataModule):
         self.datasets: dict[Split, CandidatePatches] = {}
         self.sampler: BalancedSampler | None = None
         self._views_at: dict[tuple[Any, ...], np.ndarray] = {}
+        self._train_base: CandidatePatches | None = None
 
     # ------------------------------------------------------------------ split checks
 
@@ -452,19 +587,28 @@ class Luna16DataModule(pl.LightningDataModule):
             else [dataset_root(n) for n in names]
         )
 
+    @property
+    def extra_sets(self) -> list[tuple[str, Path]]:
+        """``(name, folder)`` of the extra training sets: ``extra_train``, then ``unlabelled_train``."""
+        return [
+            *zip(self.extra_train, self.extra_roots, strict=True),
+            *zip(self.unlabelled_train, self.unlabelled_roots, strict=True),
+        ]
+
     def _extra_folds(self) -> dict[tuple[int, int], int]:
         """``(j, subset) -> fold`` for every train subset of the ``j``-th extra training set:
         fold ``10 + 10 * j + subset``, in order."""
-        if not self.extra_train:
+        if not self.extra_sets:
             return {}
         split = load_split(self.split_file)
         out: dict[tuple[int, int], int] = {}
-        for j, name in enumerate(self.extra_train):
+        for j, (name, _) in enumerate(self.extra_sets):
             entry = split.dataset(name)
             other = sorted({r for r in entry.roles.values() if r != "train"})
             if other:
                 raise ValueError(
-                    f"extra_train data set {name} of {split.path} has {other} subsets; "
+                    f"{'extra_train' if j < len(self.extra_train) else 'unlabelled_train'} "
+                    f"data set {name} of {split.path} has {other} subsets; "
                     "only data sets (or subsets) that train may be added to training"
                 )
             out.update({(j, k): 10 + 10 * j + k for k in entry.folds("train")})
@@ -475,7 +619,7 @@ class Luna16DataModule(pl.LightningDataModule):
         was trained on in the validation, test or prediction folds."""
         if self.dataset is not None:
             check_dataset_folder(load_split(self.split_file), self.dataset, self.root)
-        for name, root in zip(self.extra_train, self.extra_roots, strict=True):
+        for name, root in self.extra_sets:
             check_dataset_folder(load_split(self.split_file), name, root)
         ranker = CandidateRanker.from_json(self.ranker_path or DEFAULT_RANKER)
         seen = set(ranker.trained_on_uids or ())
@@ -498,7 +642,7 @@ class Luna16DataModule(pl.LightningDataModule):
         text = f"{self.root.resolve()}|{self.candidates_path.resolve()}"
         text += "".join(
             f"|{name}={root.resolve()}"
-            for name, root in zip(self.extra_train, self.extra_roots, strict=True)
+            for name, root in self.extra_sets
         )
         key = hashlib.sha1(text.encode())
         c = self.cache_config
@@ -526,7 +670,9 @@ class Luna16DataModule(pl.LightningDataModule):
         excluded = read_excluded(self.excluded_path) if self.excluded_path else None
         parts = [self._labelled(read_candidate_table(self.candidates_path), annotations, excluded)]
         extra_folds = self._extra_folds()
-        for j, root in enumerate(self.extra_roots):
+        unlabelled: set[str] = set()
+        n_labelled_sets = len(self.extra_train)
+        for j, (_, root) in enumerate(self.extra_sets):
             subset_of = {u: k for k, uids in read_folds(root / "folds").items() for u in uids}
             mine = {u: extra_folds[(j, k)] for u, k in subset_of.items() if (j, k) in extra_folds}
             scans.update({u: v for u, v in find_scans(root).items() if u in mine})
@@ -542,6 +688,9 @@ class Luna16DataModule(pl.LightningDataModule):
                     extra_excluded,
                 )
             )
+            if j >= n_labelled_sets:  # its labels stay hidden: in the candidates' table only
+                unlabelled.update(mine)
+                continue
             annotations = pd.concat(
                 [annotations, extra_ann[extra_ann["seriesuid"].isin(mine.keys())]], ignore_index=True
             )
@@ -565,8 +714,34 @@ class Luna16DataModule(pl.LightningDataModule):
             "candidates": labelled,
             "annotations": annotations,
             "excluded": excluded,
+            "unlabelled": unlabelled,
         }
         return self._tables
+
+    def hidden_scans(self) -> set[str]:
+        """Training scans whose labels are hidden: those of ``unlabelled_train`` and, with
+        ``label_fraction`` < 1, the training scans not drawn as labelled."""
+        t = self.tables()
+        if "hidden" not in t:
+            train = set(self.fold_lists["train"])
+            fold_scans: dict[int, list[str]] = {}
+            for uid, fold in t["fold_of"].items():
+                if fold in train and uid in t["scans"] and uid not in t["unlabelled"]:
+                    fold_scans.setdefault(fold, []).append(uid)
+            with_nodules = set(t["annotations"]["seriesuid"].astype(str))
+            kept = labelled_scans(fold_scans, with_nodules, self.label_fraction, self.label_seed)
+            drawn_out = {u for uids in fold_scans.values() for u in uids if u not in kept}
+            t["hidden"] = set(t["unlabelled"]) | drawn_out
+        hidden: set[str] = t["hidden"]
+        return hidden
+
+    def hidden_labels(self, candidate_ids: Sequence[int] | np.ndarray) -> pd.Series:
+        """The hidden 0/1 labels of ``unlabelled`` candidates, by candidate id: only to
+        measure pseudo-label quality, never to train or select (issue 14)."""
+        ids = np.asarray(candidate_ids, dtype=np.int64)
+        labels = self.tables()["candidates"][LABEL]
+        out: pd.Series = labels.loc[ids].astype(np.int64)
+        return out
 
     def _labelled(
         self, candidates: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame | None
@@ -582,10 +757,15 @@ class Luna16DataModule(pl.LightningDataModule):
         return label_candidates(candidates, annotations, excluded)
 
     def split_seriesuids(self, split: Split) -> list[str]:
-        """Scans with an image in the folds of ``split``."""
+        """Scans with an image in the folds of ``split`` (``train``: the labelled ones;
+        ``unlabelled``: the training scans whose labels are hidden)."""
         t = self.tables()
-        folds = set(self.fold_lists[split])
-        return [u for u in t["scans"] if t["fold_of"].get(u) in folds]
+        folds = set(self.fold_lists["train" if split == "unlabelled" else split])
+        uids = [u for u in t["scans"] if t["fold_of"].get(u) in folds]
+        if split in ("train", "unlabelled"):
+            hidden = self.hidden_scans()
+            uids = [u for u in uids if (u in hidden) == (split == "unlabelled")]
+        return uids
 
     def split_candidates(self, split: Split) -> pd.DataFrame:
         """Labelled candidates of a split: for training without those on excluded findings (and
@@ -595,6 +775,12 @@ class Luna16DataModule(pl.LightningDataModule):
         rows = rows[rows["seriesuid"].isin(set(self.split_seriesuids(split)))]
         if split == "train":
             return training_rows(rows)
+        if split == "unlabelled":  # every detected candidate, its label hidden
+            if FROM_ANNOTATIONS in rows.columns:
+                rows = rows[~rows[FROM_ANNOTATIONS].to_numpy(bool)].drop(columns=FROM_ANNOTATIONS)
+            hidden: pd.DataFrame = rows.drop(columns=[c for c in (ON_EXCLUDED, NODULE_ID) if c in rows.columns])
+            hidden[LABEL] = -1
+            return hidden
         if FROM_ANNOTATIONS in rows.columns:
             rows = rows[~rows[FROM_ANNOTATIONS].to_numpy(bool)].drop(columns=FROM_ANNOTATIONS)
         out: pd.DataFrame = rows
@@ -618,14 +804,14 @@ class Luna16DataModule(pl.LightningDataModule):
 
     def _needed_splits(self, stage: str | None) -> list[Split]:
         if stage == "fit":
-            return ["train", "val"]
+            return ["train", "val", "unlabelled"] if self.hidden_scans() else ["train", "val"]
         if stage == "validate":
             return ["val"]
         if stage == "test":
             return ["test"]
         if stage == "predict":
             return ["predict"]
-        return ["train", "val", "test", "predict"]
+        return ["train", "val", "test", "predict", "unlabelled"]
 
     def check_training_positives(self) -> None:
         """Refuse to train on a split without positives (e.g. a wrong annotations path).
@@ -653,9 +839,16 @@ class Luna16DataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.state.fn == "fit":
             self.check_training_positives()
-        scans = self.tables()["scans"]
+        t = self.tables()
+        scans = t["scans"]
         splits: tuple[Split, ...] = ("train", "val", "test", "predict")
         parts = [self.split_candidates(split) for split in splits]
+        # Every row of the training scans with its true label, whichever scans are hidden in
+        # this run, so that runs of any labelled fraction share one cache (the cache is
+        # storage: what a dataset takes from it is decided in _dataset).
+        train_folds = set(self.fold_lists["train"])
+        in_train = t["candidates"]["seriesuid"].map(t["fold_of"]).isin(train_folds)
+        parts.append(t["candidates"][in_train.to_numpy(bool)])
         rows = pd.concat(parts)
         rows = rows[~rows.index.duplicated()].sort_index()
         uids = list(dict.fromkeys(rows["seriesuid"]))
@@ -682,6 +875,61 @@ class Luna16DataModule(pl.LightningDataModule):
         for split in self._needed_splits(stage):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(index, split)
+                if split == "train" and self.gan_generator is not None:
+                    self.datasets[split].gan = self._gan_positives(self.datasets[split])
+
+    def _gan_positives(self, train: CandidatePatches) -> GanPositives:
+        """The GAN's nodules for training: a bank of ``gan_bank_size`` generated nodules
+        (diameters drawn from the labelled training nodules, textures by ``gan_texture_mix``),
+        with the labelled negatives as context."""
+        from nodule.training.gan_views import generate_view_bank, load_generator
+
+        assert self.gan_generator is not None
+        generator, _ = load_generator(self.gan_generator)
+        rng = np.random.default_rng([self.seed, 14])
+        labelled = set(self.split_seriesuids("train"))
+        annotations = self.tables()["annotations"]
+        diameters = annotations[annotations["seriesuid"].isin(labelled)]["diameter_mm"].to_numpy(float)
+        if diameters.size == 0:
+            raise ValueError("gan_generator needs labelled training nodules to draw diameters from")
+        n = self.gan_bank_size
+        mix = np.asarray(self.gan_texture_mix, float)
+        bank = generate_view_bank(
+            generator,
+            n,
+            rng.choice(diameters, n),
+            rng.choice(len(mix), n, p=mix / mix.sum()),
+            self.patch,
+            seed=self.seed,
+        )
+        backgrounds = np.flatnonzero((train.labels == 0) & ~train.pseudo)
+        return GanPositives(bank=bank, backgrounds=backgrounds, fraction=self.gan_fraction)
+
+    def set_pseudo_labels(self, pseudo: pd.DataFrame) -> None:
+        """Train on the labelled rows plus these pseudo-labelled ``unlabelled`` candidates
+        from now on (replacing earlier pseudo-labels); the class-balanced sampler follows.
+
+        Args:
+            pseudo: ``candidate_id`` (index or column), ``pseudo_label`` (0/1) and
+                ``weight`` (the loss weight of the row, e.g. its confidence).
+        """
+        if "train" not in self.datasets or "unlabelled" not in self.datasets:
+            self.setup("fit")
+        if self._train_base is None:
+            self._train_base = copy.copy(self.datasets["train"])
+        table = pseudo.set_index("candidate_id") if "candidate_id" in pseudo.columns else pseudo
+        unlabelled = self.datasets["unlabelled"]
+        position = pd.Series(np.arange(len(unlabelled)), index=unlabelled.candidate_ids)
+        rows = position.loc[table.index.to_numpy(np.int64)].to_numpy()
+        extended = self._train_base.extended(
+            unlabelled.patches_hu[rows],
+            table["pseudo_label"].to_numpy(np.int64),
+            table.index.to_numpy(np.int64),
+            table["weight"].to_numpy(np.float32),
+        )
+        self.datasets["train"].assign(extended)
+        if self.sampler is not None:
+            self.sampler.set_labels(extended.labels)
 
     def _dataset(self, index: CacheIndex, split: Split) -> CandidatePatches:
         rows = self.split_candidates(split)

@@ -1,0 +1,187 @@
+"""Semi-supervision: the labelled fraction, hidden labels, pseudo-label rounds (issue 14)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from nodule.data.luna16 import write_folds
+from nodule.models.multistream import MultiStreamNet
+from nodule.patches import PatchConfig
+from nodule.training.classifier import NoduleClassifier
+from nodule.training.datamodule import FROM_ANNOTATIONS, Luna16DataModule
+from nodule.training.label_fraction import labelled_scans
+from nodule.training.labels import LABEL
+from nodule.training.pseudo_labels import (
+    PseudoLabelling,
+    pseudo_label_quality,
+    ramp_weight,
+    select_pseudo_labels,
+)
+from tests.test_training import write_small_set
+
+UIDS = [f"1.2.3.{i}" for i in range(6)]
+FOLDS = {0: UIDS[:4], 1: UIDS[4:]}  # fold 0 trains (4 scans), fold 1 validates (2)
+
+
+def _set(root: Path) -> Path:
+    write_small_set(root, uids=UIDS)
+    for f in (root / "folds").glob("*.csv"):
+        f.unlink()
+    write_folds(root / "folds", FOLDS)
+    return root
+
+
+def _module(root: Path, cache: Path, **kwargs: object) -> Luna16DataModule:
+    return Luna16DataModule(
+        root,
+        cache_dir=cache,
+        train_folds=[0],
+        val_folds=[1],
+        patch=PatchConfig(n_views=3, size_px=8, fov_mm=12.0),
+        progress=False,
+        batch_size=8,
+        samples_per_epoch=16,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _tiny_net() -> MultiStreamNet:
+    return MultiStreamNet(n_views=3, channels=(4,), kernel_sizes=(3,), fc_units=4, dropout=0.0, input_size=8)
+
+
+def test_labelled_scans_per_fold_seeded_and_stratified() -> None:
+    folds = {0: [f"a{i}" for i in range(10)], 1: [f"b{i}" for i in range(10)], 2: ["c0", "c1"]}
+    nodular = {"a7", "b3", "c1"}
+    chosen = labelled_scans(folds, nodular, 0.1, seed=3)
+    assert chosen == labelled_scans(folds, nodular, 0.1, seed=3)  # seeded
+    for _fold, scans in folds.items():
+        mine = chosen & set(scans)
+        assert len(mine) == 1 and mine <= nodular  # one scan each, one with a nodule
+    assert len(labelled_scans(folds, nodular, 0.25, seed=3) & set(folds[0])) == 2  # round(2.5) = 2
+    assert labelled_scans(folds, nodular, 1.0) == {u for s in folds.values() for u in s}
+    # a fold's choice does not depend on the other folds
+    assert labelled_scans({0: folds[0]}, nodular, 0.3, 5) == labelled_scans(folds, nodular, 0.3, 5) & set(folds[0])
+    with pytest.raises(ValueError, match="label_fraction"):
+        labelled_scans(folds, nodular, 0.0)
+
+
+def test_hidden_labels_never_reach_training(tmp_path: Path) -> None:
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1)
+    train, unlabelled = set(dm.split_seriesuids("train")), set(dm.split_seriesuids("unlabelled"))
+    assert len(train) == 2 and len(unlabelled) == 2 and train | unlabelled == set(FOLDS[0])
+    assert dm.split_seriesuids("val") == FOLDS[1]  # validation keeps its labels
+    rows = dm.split_candidates("train")
+    assert set(rows["seriesuid"]) == train  # no row of a hidden scan, annotated centres included
+    hidden_rows = dm.split_candidates("unlabelled")
+    assert set(hidden_rows["seriesuid"]) == unlabelled and len(hidden_rows) == 3 * 2
+    assert (hidden_rows[LABEL] == -1).all() and FROM_ANNOTATIONS not in hidden_rows.columns
+    assert not {"on_excluded", "nodule_id"} & set(hidden_rows.columns)
+    dm.prepare_data()
+    dm.setup("fit")
+    u = dm.datasets["unlabelled"]
+    assert (u.labels == -1).all() and (u.cube_rows == -1).all() and len(u.cubes) == 0
+    assert not set(dm.datasets["train"].candidate_ids) & set(u.candidate_ids)
+    # the hidden labels exist (for pseudo-label quality only)
+    assert dm.hidden_labels(u.candidate_ids).sum() == 2
+    # pseudo-labels enter training with their own labels, never the hidden ones
+    ids = u.candidate_ids
+    wrong = 1 - dm.hidden_labels(ids).to_numpy()
+    before = len(dm.datasets["train"])
+    dm.train_dataloader()
+    dm.set_pseudo_labels(pd.DataFrame({"candidate_id": ids, "pseudo_label": wrong, "weight": 0.5}))
+    t = dm.datasets["train"]
+    assert len(t) == before + len(ids) and t.pseudo[before:].all() and not t.pseudo[:before].any()
+    np.testing.assert_array_equal(t.labels[before:], wrong)
+    assert (t.cube_rows[before:] == -1).all() and np.allclose(t.weights[before:], 0.5)
+    assert dm.sampler is not None and len(dm.sampler.labels) == len(t)
+    item = t[(before, 7)]
+    assert item["pseudo"] and float(item["weight"]) == 0.5
+    # new pseudo-labels replace the old ones
+    dm.set_pseudo_labels(pd.DataFrame({"candidate_id": ids[:1], "pseudo_label": [1], "weight": 1.0}))
+    assert len(dm.datasets["train"]) == before + 1
+    # the same cache serves every labelled fraction: no scan file is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")}
+    _module(root, tmp_path / "cache", label_fraction=1.0).prepare_data()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")} == stamps
+
+
+def test_select_pseudo_labels_threshold_rank_and_balance() -> None:
+    scores = pd.DataFrame(
+        {
+            "candidate_id": range(8),
+            "seriesuid": ["a"] * 4 + ["b"] * 4,
+            "probability": [0.95, 0.5, 0.05, 0.01, 0.92, 0.3, 0.08, 0.2],
+        }
+    )
+    t = select_pseudo_labels(scores, "threshold", 0.9, 0.1)
+    assert dict(t["pseudo_label"]) == {0: 1, 2: 0, 3: 0, 4: 1, 6: 0}
+    assert (t["weight"] == 1.0).all()
+    r = select_pseudo_labels(scores, "rank", 0.9, 0.25, top_k=1, bottom_k=1)
+    assert dict(r["pseudo_label"]) == {0: 1, 3: 0, 4: 1, 6: 0}
+    capped = select_pseudo_labels(scores, "threshold", 0.9, 0.1, max_negatives_per_positive=0.5)
+    assert dict(capped["pseudo_label"]) == {0: 1, 4: 1, 3: 0}  # the most confident negative
+    w = select_pseudo_labels(scores, "threshold", 0.9, 0.1, confidence_weighting=True)
+    assert w.loc[0, "weight"] == pytest.approx(0.95) and w.loc[3, "weight"] == pytest.approx(0.99)
+    hidden = pd.Series([1, 0, 0, 0, 0, 1, 0, 0], index=range(8))
+    q = pseudo_label_quality(t, hidden)
+    assert q["n_positive"] == 2 and q["precision_positive"] == 0.5 and q["recall_positive"] == 0.5
+    assert q["precision_negative"] == 1.0 and q["recall_negative"] == pytest.approx(3 / 6)
+    assert [ramp_weight(e, 2, 2, 0.8) for e in range(5)] == [0.0, 0.0, 0.4, 0.8, 0.8]
+
+
+def test_pseudo_label_rounds_in_a_fit_and_resume(tmp_path: Path) -> None:
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1)
+    torch.manual_seed(0)
+    model = NoduleClassifier(net=_tiny_net(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+    callback = PseudoLabelling(
+        rounds=2, first_epoch=1, epochs_per_round=1, positive_threshold=0.5, negative_threshold=0.49, ramp_epochs=2
+    )
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "run",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    rounds = json.loads((tmp_path / "run" / "pseudo_labels" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds["rounds"]] == [0, 1] and [r["epoch"] for r in rounds["rounds"]] == [1, 2]
+    first = rounds["rounds"][0]
+    assert first["n_unlabelled"] == 6 and first["n_positive"] + first["n_negative"] == 6  # thresholds 0.5/0.49
+    assert first["n_hidden_positive"] == 2 and rounds["teacher_val_cpm"] is not None
+    assert all(r["val_cpm"] is not None for r in rounds["rounds"])
+    table = pd.read_csv(tmp_path / "run" / "pseudo_labels" / "round_1.csv")
+    assert {"candidate_id", "probability", "pseudo_label", "weight"} <= set(table.columns)
+    assert model.pseudo_label_weight == 1.0  # epoch 2: ramp 2/2
+    assert dm.datasets["train"].pseudo.sum() == 6
+    # the state goes into a checkpoint and back
+    state = callback.state_dict()
+    again = PseudoLabelling(rounds=2, first_epoch=1, epochs_per_round=1)
+    again.load_state_dict(state)
+    assert len(again.records) == 2 and again.current is not None
+    pd.testing.assert_frame_equal(again.current, callback.current, check_dtype=False)
+    assert again.round_starting_at(1) == 0 and again.round_starting_at(3) is None
+
+
+def test_pseudo_labelling_needs_unlabelled_candidates(tmp_path: Path) -> None:
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert "unlabelled" not in dm.datasets
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.datamodule = dm  # type: ignore[misc]
+    with pytest.raises(ValueError, match="no unlabelled candidates"):
+        PseudoLabelling().score(trainer, NoduleClassifier(net=_tiny_net()))
