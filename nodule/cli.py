@@ -396,6 +396,28 @@ def crossval(
     )
 
 
+def ablation(
+    ablation_config: Path,
+    methods: list[str] | None = None,
+    fractions: list[float] | None = None,
+) -> None:
+    """Semi-supervision ablation: supervised, +pseudo-labels, +GAN, +both at the configured
+    labelled fractions, each in cross-validation and on the external sets; resumable arm by
+    arm; writes ablation.json, report.md and cpm_vs_fraction.png in the design's ``out``.
+
+    Usage: ``nodule ablation --config configs/ablation.yaml [--methods [supervised, gan]]
+    [--fractions [0.1, 1.0]]`` (``--config`` stands for ``--ablation_config``).
+
+    Args:
+        ablation_config: the design (e.g. configs/ablation.yaml), given as --config.
+        methods: run only these methods (default all); the summary covers every finished arm.
+        fractions: run only these labelled fractions (default all).
+    """
+    from nodule.evaluation.ablation import load_ablation_config, run_ablation
+
+    run_ablation(load_ablation_config(ablation_config), methods=methods, fractions=fractions)
+
+
 def report(runs: list[Path]) -> None:
     """Regenerate report.html and report.md of crossval run folders.
 
@@ -572,6 +594,7 @@ COMMANDS: dict[str, Any] = {
     "demo": demo,
     "split": {"check": split_check, "make": split_make},
     "crossval": crossval,
+    "ablation": ablation,
     "report": report,
 }
 
@@ -621,6 +644,11 @@ def _dispatch(args: list[str]) -> None:
         from nodule.training.cli import lightning_main
 
         lightning_main(args)
+        return
+    if args and args[0] == "gan":  # nodule gan fit --config configs/gan_small.yaml
+        from nodule.training.gan import gan_main
+
+        gan_main(args[1:])
         return
     from jsonargparse import auto_cli
 
@@ -686,10 +714,12 @@ def _positional_inputs(args: list[str]) -> list[str]:
 REPEATABLE: dict[tuple[str, ...], tuple[str, ...]] = {
     ("crossval",): ("--external", "--overrides"),
     ("detect",): (),
+    ("ablation",): (),
 }
 """List options of commands that may be given once a value (``--external A --external B``)."""
 ALIASES: dict[tuple[str, ...], dict[str, str]] = {
     ("crossval",): {"--config": "--lightning_config"},
+    ("ablation",): {"--config": "--ablation_config"},
     ("detect",): {
         "--series-uid": "--series_uid",
         "--retry-failed": "--retry_failed",

@@ -185,3 +185,58 @@ def test_pseudo_labelling_needs_unlabelled_candidates(tmp_path: Path) -> None:
     trainer.datamodule = dm  # type: ignore[misc]
     with pytest.raises(ValueError, match="no unlabelled candidates"):
         PseudoLabelling().score(trainer, NoduleClassifier(net=_tiny_net()))
+
+
+def test_gan_positives_replace_a_fraction_of_positive_draws() -> None:
+    from nodule.patches import Augment
+    from nodule.training.datamodule import CandidatePatches, GanPositives
+    from nodule.training.gan_views import ViewBank
+
+    patch = PatchConfig(n_views=3, size_px=8, fov_mm=12.0)
+    patches = np.full((4, 3, 8, 8), -800, np.int16)  # rows 0-1 positives, 2-3 negatives
+    occupancy = np.zeros((1, 3, 8, 8), np.float32)
+    occupancy[:, :, 3:5, 3:5] = 1.0
+    bank = ViewBank(occupancy, np.full_like(occupancy, 40.0), np.array([5.0], np.float32), np.array([0]))
+    data = CandidatePatches(
+        patches, np.array([1, 1, 0, 0]), np.arange(4), np.zeros((0, 4, 4, 4), np.int16), np.full(4, -1),
+        1.0, patch, augment=Augment(noise_hu=0.0), gan=GanPositives(bank, np.array([2, 3]), fraction=0.5),
+    )
+    centre = [float(data[(r, d)]["image"][:, 3:5, 3:5].mean()) for r in (0, 2) for d in range(40)]
+    positives, negatives = np.array(centre[:40]), np.array(centre[40:])
+    bright = float(np.asarray(data.views(0, None))[:, 3:5, 3:5].mean()) + 0.2
+    assert 8 <= int((positives > bright).sum()) <= 32  # about half the positive draws are GAN nodules
+    assert not (negatives > bright).any()  # negatives never are
+    data.pseudo[:] = True
+    assert not any(float(data[(0, d)]["image"][:, 3:5, 3:5].mean()) > bright for d in range(40))  # nor pseudo-labels
+
+
+def test_ablation_design_and_report(tmp_path: Path) -> None:
+    from nodule.evaluation.ablation import arm_name, arm_overrides, load_ablation_config, report_markdown
+
+    design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
+    config = load_ablation_config(design)
+    assert set(config.methods) == {"supervised", "pseudo_label", "gan", "both"} and config.fractions == (0.1, 0.25, 1.0)
+    assert arm_name("both", 0.1) == "both-f010"
+    sup = arm_overrides(config, "supervised", 0.25)
+    assert "--data.init_args.label_fraction=0.25" in sup and not any("callbacks" in a or "gan_" in a for a in sup)
+    both = arm_overrides(config, "both", 0.1)
+    assert any(a.startswith("--trainer.callbacks+=") and "PseudoLabelling" in a for a in both)
+    assert any(a.startswith("--data.init_args.unlabelled_train=") and "train_cptac_seed0" in a for a in both)
+    assert any(a.startswith("--data.init_args.gan_generator=") for a in both)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lightning_config: a\ndata: b\nout: c\nmethods: {gan: [gan]}\n")
+    with pytest.raises(ValueError, match="must include 'supervised'"):
+        load_ablation_config(bad)
+    row = {"cpm": 0.5, "cpm_ci95": [0.4, 0.6], "baseline_cpm": 0.3, "gain": 0.2, "gain_ci95": [0.05, 0.3]}
+    flat = {**row, "gain": 0.0, "gain_ci95": [-0.1, 0.1]}
+    result = {
+        "arms": {
+            "supervised-f010": {"method": "supervised", "fraction": 0.1, "crossval": {**row, "gain": 0.0, "gain_ci95": [0.0, 0.0]}},
+            "pseudo_label-f010": {"method": "pseudo_label", "fraction": 0.1, "crossval": row},
+            "gan-f010": {"method": "gan", "fraction": 0.1, "crossval": flat},
+        },
+        "goals": {},
+    }
+    text = report_markdown(result)
+    assert "pseudo_label at 10 % labels: crossval: helps (+0.200)" in text
+    assert "gan at 10 % labels: crossval: cannot tell (CI spans 0)" in text

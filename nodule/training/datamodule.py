@@ -835,20 +835,25 @@ class Luna16DataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build (or complete) the patch cache of every configured split's candidates
-        (when a trainer is fitting, first :meth:`check_training_positives`)."""
+        (when a trainer is fitting, first :meth:`check_training_positives`; when it
+        validates, tests or predicts, only that stage's split)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.state.fn == "fit":
+        fn = None if trainer is None or trainer.state.fn is None else str(trainer.state.fn.value)
+        if fn == "fit":
             self.check_training_positives()
         t = self.tables()
         scans = t["scans"]
-        splits: tuple[Split, ...] = ("train", "val", "test", "predict")
+        splits: list[Split] = (
+            ["train", "val", "test", "predict"] if fn in (None, "fit") else self._needed_splits(fn)
+        )
         parts = [self.split_candidates(split) for split in splits]
-        # Every row of the training scans with its true label, whichever scans are hidden in
-        # this run, so that runs of any labelled fraction share one cache (the cache is
-        # storage: what a dataset takes from it is decided in _dataset).
-        train_folds = set(self.fold_lists["train"])
-        in_train = t["candidates"]["seriesuid"].map(t["fold_of"]).isin(train_folds)
-        parts.append(t["candidates"][in_train.to_numpy(bool)])
+        if "train" in splits:
+            # Every row of the training scans with its true label, whichever scans are hidden
+            # in this run, so that runs of any labelled fraction share one cache (the cache is
+            # storage: what a dataset takes from it is decided in _dataset).
+            train_folds = set(self.fold_lists["train"])
+            in_train = t["candidates"]["seriesuid"].map(t["fold_of"]).isin(train_folds)
+            parts.append(t["candidates"][in_train.to_numpy(bool)])
         rows = pd.concat(parts)
         rows = rows[~rows.index.duplicated()].sort_index()
         uids = list(dict.fromkeys(rows["seriesuid"]))
