@@ -211,7 +211,12 @@ def test_gan_positives_replace_a_fraction_of_positive_draws() -> None:
 
 
 def test_ablation_design_and_report(tmp_path: Path) -> None:
-    from nodule.evaluation.ablation import arm_name, arm_overrides, load_ablation_config, report_markdown
+    from nodule.evaluation.ablation import (
+        arm_name,
+        arm_overrides,
+        load_ablation_config,
+        report_markdown,
+    )
 
     design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
     config = load_ablation_config(design)
