@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_training import write_small_set
 
 from nodule.data.luna16 import write_folds
 from nodule.models.multistream import MultiStreamNet
@@ -24,7 +25,6 @@ from nodule.training.pseudo_labels import (
     ramp_weight,
     select_pseudo_labels,
 )
-from tests.test_training import write_small_set
 
 UIDS = [f"1.2.3.{i}" for i in range(6)]
 FOLDS = {0: UIDS[:4], 1: UIDS[4:]}  # fold 0 trains (4 scans), fold 1 validates (2)
