@@ -70,7 +70,8 @@ from nodule.patch_cache import (
 )
 from nodule.patches import Augment, PatchConfig, add_hu_noise, random_frames, scale_hu
 from nodule.paths import cache_dir as default_cache_root
-from nodule.training.label_fraction import labelled_scans
+from nodule.training.gan_views import blend_views, generate_view_bank, load_generator
+from nodule.training.label_fraction import check_label_fraction, labelled_scans
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates, training_rows
 
 Stage = Literal["fit", "validate", "test", "predict"]
@@ -368,8 +369,6 @@ class GanPositives:
 
     def views(self, patches_hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(V, H, W) HU views of a random GAN nodule in a random negative's context, mirrored."""
-        from nodule.training.gan_views import blend_views
-
         k = int(rng.integers(len(self.bank.occupancy)))
         background = patches_hu[int(self.backgrounds[int(rng.integers(len(self.backgrounds)))])]
         views = blend_views(background.astype(np.float32), self.bank.occupancy[k], self.bank.hu[k])
@@ -490,8 +489,7 @@ class Luna16DataModule(pl.LightningDataModule):
         self.extra_train = list(extra_train or [])
         self.extra_roots = self._extra_roots(self.extra_train, extra_roots)
         self.unlabelled_roots = self._extra_roots(self.unlabelled_train, unlabelled_roots)
-        if not 0.0 < label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        check_label_fraction(label_fraction)
         self.label_fraction = label_fraction
         self.label_seed = label_seed
         if not 0.0 <= gan_fraction <= 1.0:
@@ -846,7 +844,8 @@ class Luna16DataModule(pl.LightningDataModule):
         splits: list[Split] = (
             ["train", "val", "test", "predict"] if fn in (None, "fit") else self._needed_splits(fn)
         )
-        parts = [self.split_candidates(split) for split in splits]
+        # The training split's rows are among the training scans' rows added below.
+        parts = [self.split_candidates(split) for split in splits if split != "train"]
         if "train" in splits:
             # Every row of the training scans with its true label, whichever scans are hidden
             # in this run, so that runs of any labelled fraction share one cache (the cache is
@@ -887,8 +886,6 @@ class Luna16DataModule(pl.LightningDataModule):
         """The GAN's nodules for training: a bank of ``gan_bank_size`` generated nodules
         (diameters drawn from the labelled training nodules, textures by ``gan_texture_mix``),
         with the labelled negatives as context."""
-        from nodule.training.gan_views import generate_view_bank, load_generator
-
         assert self.gan_generator is not None
         generator, _ = load_generator(self.gan_generator)
         rng = np.random.default_rng([self.seed, 14])

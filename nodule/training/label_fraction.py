@@ -9,10 +9,19 @@ pseudo-labels, and their hidden labels serve only to measure pseudo-label qualit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+
+
+def check_label_fraction(fraction: float) -> None:
+    """Refuse a labelled fraction outside (0, 1] (NaN included).
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
 
 
 def labelled_scans(
@@ -40,8 +49,7 @@ def labelled_scans(
     Raises:
         ValueError: ``fraction`` outside (0, 1].
     """
-    if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
-        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    check_label_fraction(fraction)
     nodular = set(with_nodules)
     out: set[str] = set()
     for fold, scans in sorted(fold_scans.items()):

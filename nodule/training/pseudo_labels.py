@@ -39,6 +39,7 @@ from pytorch_lightning.callbacks import Callback
 
 from nodule.patches import scale_hu
 from nodule.paths import write_text_atomic
+from nodule.training.classifier import NoduleClassifier
 
 Selection = Literal["threshold", "rank"]
 
@@ -289,8 +290,7 @@ class PseudoLabelling(Callback):
             for start in range(0, len(dataset), self.batch_size):
                 views = scale_hu(dataset.patches_hu[start : start + self.batch_size], dataset.patch)
                 x = torch.from_numpy(np.ascontiguousarray(views)).to(pl_module.device)
-                logits = pl_module(x)
-                probs.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy())
+                probs.append(NoduleClassifier.probability(pl_module(x)).cpu().numpy())
         finally:
             pl_module.train(was_training)
         ids = dataset.candidate_ids
