@@ -220,7 +220,8 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
 
     design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
     config = load_ablation_config(design)
-    assert set(config.methods) == {"supervised", "pseudo_label", "gan", "both"} and config.fractions == (0.1, 0.25, 1.0)
+    assert set(config.methods) == {"supervised", "pseudo_label", "mean_teacher", "gan", "both"}
+    assert config.fractions == (0.1, 0.25, 1.0)
     assert arm_name("both", 0.1) == "both-f010"
     sup = arm_overrides(config, "supervised", 0.25)
     assert "--data.init_args.label_fraction=0.25" in sup and not any("callbacks" in a or "gan_" in a for a in sup)
@@ -228,6 +229,11 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
     assert any(a.startswith("--trainer.callbacks+=") and "PseudoLabelling" in a for a in both)
     assert any(a.startswith("--data.init_args.unlabelled_train=") and "train_cptac_seed0" in a for a in both)
     assert any(a.startswith("--data.init_args.gan_generator=") for a in both)
+    mt = arm_overrides(config, "mean_teacher", 1.0)
+    assert any(a.startswith("--trainer.callbacks+=") and "MeanTeacher" in a for a in mt)
+    assert "--data.init_args.teacher_views=true" in mt and "--data.init_args.unlabelled_fraction=0.5" in mt
+    assert sum(a.startswith("--data.init_args.unlabelled_train=") for a in mt) == 1
+    assert not any("unlabelled_fraction" in a for a in both)
     bad = tmp_path / "bad.yaml"
     bad.write_text("lightning_config: a\ndata: b\nout: c\nmethods: {gan: [gan]}\n")
     with pytest.raises(ValueError, match="must include 'supervised'"):
@@ -245,3 +251,102 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
     text = report_markdown(result)
     assert "pseudo_label at 10 % labels: crossval: helps (+0.200)" in text
     assert "gan at 10 % labels: crossval: cannot tell (CI spans 0)" in text
+    # a set too small for its interval: cannot tell, whatever the interval says
+    result["arms"]["pseudo_label-f010"]["crossval"] = {**row, "n_scans": 2, "n_nodules": 7}
+    assert "crossval: cannot tell (too small: 2 scans, 7 nodules) (+0.200)" in report_markdown(result)
+
+
+def test_sampler_draws_unlabelled_rows_at_their_fraction() -> None:
+    from nodule.training.datamodule import BalancedSampler
+
+    labels = np.array([1] * 10 + [0] * 50 + [-1] * 40)
+    plain = BalancedSampler(labels[:60], positive_fraction=0.3, num_samples=4000, seed=2)
+    mixed = BalancedSampler(labels, positive_fraction=0.3, num_samples=4000, seed=2, unlabelled_fraction=0.5)
+    drawn = labels[mixed.indices(0)]
+    assert abs((drawn == -1).mean() - 0.5) < 0.04
+    labelled = drawn[drawn >= 0]
+    assert abs((labelled == 1).mean() - 0.3) < 0.04  # the labelled draws stay class-balanced
+    # without unlabelled rows (or at fraction 0) the sample is the one of before
+    none = BalancedSampler(labels, positive_fraction=0.3, num_samples=4000, seed=2)
+    np.testing.assert_array_equal(none.indices(0), plain.indices(0))
+    assert not (labels[none.indices(0)] == -1).any()
+    with pytest.raises(ValueError, match="unlabelled_fraction"):
+        BalancedSampler(labels, unlabelled_fraction=1.5)
+
+
+def test_ema_update_and_sigmoid_ramp() -> None:
+    from nodule.training.mean_teacher import ema_update, sigmoid_ramp
+
+    student, teacher = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        teacher.weight.fill_(0.0)
+        student.running_mean.fill_(3.0)
+    ema_update(teacher, student, 0.9)
+    assert torch.allclose(teacher.weight, torch.full((2,), 0.1))
+    assert torch.allclose(teacher.running_mean, torch.full((2,), 3.0))  # buffers copied
+    assert sigmoid_ramp(0, 10) == pytest.approx(np.exp(-5)) and sigmoid_ramp(10, 10) == 1.0
+    assert sigmoid_ramp(50, 10) == 1.0 and sigmoid_ramp(3, 0) == 1.0
+    assert sigmoid_ramp(2, 10) < sigmoid_ramp(5, 10) < sigmoid_ramp(8, 10)
+
+
+def test_mean_teacher_fit_with_unlabelled_draws_and_resume(tmp_path: Path) -> None:
+    from nodule.training.mean_teacher import MeanTeacher
+
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1, unlabelled_fraction=0.5, teacher_views=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    train, unlabelled = dm.datasets["train"], dm.datasets["unlabelled"]
+    hidden = train.labels < 0
+    assert hidden.sum() == len(unlabelled) and not train.pseudo.any()
+    assert set(train.candidate_ids[hidden]) == set(unlabelled.candidate_ids)  # no hidden label enters
+    dm.setup("fit")  # a second setup adds nothing
+    assert (dm.datasets["train"].labels < 0).sum() == len(unlabelled)
+    item = train[(int(np.flatnonzero(hidden)[0]), 3)]
+    assert int(item["label"]) == -1 and item["image_teacher"].shape == item["image"].shape
+    assert not torch.equal(item["image"], item["image_teacher"])  # an independent augmentation
+    assert "image_teacher" not in dm.datasets["val"][0]
+
+    torch.manual_seed(0)
+    model = NoduleClassifier(net=_tiny_net(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    initial = {k: v.clone() for k, v in model.net.state_dict().items()}
+    callback = MeanTeacher(max_weight=5.0, ramp_epochs=1)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "run",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert model.consistency_weight == pytest.approx(5.0)  # ramped up after one epoch
+    assert "train/consistency" in trainer.callback_metrics
+    teacher = callback.teacher
+    assert teacher is not None and not any(p.requires_grad for p in teacher.parameters())
+    name = "head.0.weight" if "head.0.weight" in initial else next(k for k in initial if k.endswith("weight"))
+    t, s = teacher.state_dict()[name], model.net.state_dict()[name]
+    assert not torch.equal(t, initial[name]) and not torch.equal(t, s)  # it moved, behind the student
+    again = MeanTeacher()
+    again.load_state_dict(callback.state_dict())
+    again.on_fit_start(trainer, model)
+    assert again.teacher is not None and torch.equal(again.teacher.state_dict()[name], t)
+
+
+def test_mean_teacher_needs_the_second_augmentation(tmp_path: Path) -> None:
+    from nodule.training.mean_teacher import MeanTeacher
+
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1, unlabelled_fraction=0.5)
+    model = NoduleClassifier(net=_tiny_net())
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[MeanTeacher()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / "run",
+    )
+    with pytest.raises(ValueError, match="teacher_views"):
+        trainer.fit(model, datamodule=dm)
+    with pytest.raises(ValueError, match="unlabelled candidates"):
+        _module(root, tmp_path / "cache", unlabelled_fraction=0.5).setup("fit")

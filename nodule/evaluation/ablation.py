@@ -1,10 +1,12 @@
-"""``nodule ablation``: supervised, +pseudo-labels, +GAN and +both at several labelled fractions.
+"""``nodule ablation``: supervised, +pseudo-labels, +mean teacher, +GAN and +both at several labelled fractions.
 
 Every arm (method x labelled fraction) is one :func:`~nodule.evaluation.crossval.run_crossval`
 of the same LightningCLI recipe, folds, seeds and external sets, with the arm's settings as
 LightningCLI overrides (``data.init_args.label_fraction``; for pseudo-labels the
 :class:`~nodule.training.pseudo_labels.PseudoLabelling` callback and the unlabelled
-training sets; for the GAN ``data.init_args.gan_generator``). Each arm lives in its own
+training sets; for the mean teacher the :class:`~nodule.training.mean_teacher.MeanTeacher`
+callback, the unlabelled training sets, their share of the draws and the teacher's second
+augmentation; for the GAN ``data.init_args.gan_generator``). Each arm lives in its own
 run folder under ``out`` and resumes as crossval does, so the ablation resumes arm by arm
 and fold by fold.
 
@@ -13,7 +15,9 @@ pooled cross-validation CPM and the external CPMs (fold ensemble) with 95 % boot
 CIs, and each method's gain over supervised training at the same fraction with its paired
 bootstrap CI (:func:`~nodule.evaluation.compare.compare_froc` on the same scans); the
 inserted-into-real external sets are also pooled into one. The conclusion is written from
-those intervals.
+those intervals; a set too small for its interval to mean anything (fewer than
+``MIN_SCANS`` scans or ``MIN_NODULES`` nodules, e.g. the two real LIDC scans) gets
+"cannot tell" whatever its interval.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from nodule.data.luna16 import read_annotations, read_excluded, read_submission
 from nodule.paths import write_text_atomic
 
 BASELINE = "supervised"
+PARTS = ("pseudo_label", "mean_teacher", "gan")
+MIN_SCANS = 5
+MIN_NODULES = 15
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class AblationConfig:
     fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
     methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
     pseudo_label: dict[str, Any] = field(default_factory=dict)
+    mean_teacher: dict[str, Any] = field(default_factory=dict)
     unlabelled_train: tuple[str, ...] = ()
     gan: dict[str, Any] = field(default_factory=dict)
     label_seed: int = 0
@@ -72,9 +80,9 @@ def load_ablation_config(path: Path) -> AblationConfig:
     if BASELINE not in methods:
         raise ValueError(f"{path}: methods must include {BASELINE!r}, the baseline of every gain")
     for name, parts in methods.items():
-        bad = sorted(set(parts) - {"pseudo_label", "gan"})
+        bad = sorted(set(parts) - set(PARTS))
         if bad:
-            raise ValueError(f"{path}: method {name} uses unknown parts {bad} (pseudo_label, gan)")
+            raise ValueError(f"{path}: method {name} uses unknown parts {bad} ({', '.join(PARTS)})")
     gan = dict(raw.get("gan") or {})
     if "generator" in gan:
         gan["generator"] = expand_path(str(gan["generator"]))
@@ -87,6 +95,7 @@ def load_ablation_config(path: Path) -> AblationConfig:
         fractions=tuple(float(f) for f in raw.get("fractions") or (0.1, 0.25, 1.0)),
         methods=methods,
         pseudo_label=dict(raw.get("pseudo_label") or {}),
+        mean_teacher=dict(raw.get("mean_teacher") or {}),
         unlabelled_train=tuple(raw.get("unlabelled_train") or ()),
         gan=gan,
         label_seed=int(raw.get("label_seed", 0)),
@@ -112,6 +121,14 @@ def arm_overrides(config: AblationConfig, method: str, fraction: float) -> list[
     if "pseudo_label" in parts:
         callback = {"class_path": "nodule.training.pseudo_labels.PseudoLabelling", "init_args": config.pseudo_label}
         args.append(f"--trainer.callbacks+={json.dumps(callback)}")
+    if "mean_teacher" in parts:
+        settings = dict(config.mean_teacher)
+        unlabelled_fraction = float(settings.pop("unlabelled_fraction", 0.5))
+        callback = {"class_path": "nodule.training.mean_teacher.MeanTeacher", "init_args": settings}
+        args.append(f"--trainer.callbacks+={json.dumps(callback)}")
+        args.append(f"--data.init_args.unlabelled_fraction={unlabelled_fraction}")
+        args.append("--data.init_args.teacher_views=true")
+    if {"pseudo_label", "mean_teacher"} & set(parts):
         args.append(f"--data.init_args.unlabelled_train={json.dumps(list(config.unlabelled_train))}")
     if "gan" in parts:
         if not config.gan.get("generator"):
@@ -154,6 +171,9 @@ def _comparison(
 
 
 def _verdict(gain: dict[str, Any]) -> str:
+    n_scans, n_nodules = gain.get("n_scans"), gain.get("n_nodules")
+    if (n_scans is not None and n_scans < MIN_SCANS) or (n_nodules is not None and n_nodules < MIN_NODULES):
+        return f"cannot tell (too small: {n_scans} scans, {n_nodules} nodules)"
     ci = gain.get("gain_ci95")
     if ci is None or any(v is None or math.isnan(v) for v in ci):
         return "cannot tell (no interval)"

@@ -176,6 +176,9 @@ class NoduleClassifier(pl.LightningModule):
         self.pseudo_label_weight = 1.0
         """Weight of the pseudo-labelled candidates' loss (set each epoch by
         :class:`~nodule.training.pseudo_labels.PseudoLabelling`)."""
+        self.consistency_weight = 0.0
+        """Weight of the consistency loss against a batch's ``teacher_probability`` (set
+        each step by :class:`~nodule.training.mean_teacher.MeanTeacher`)."""
 
     # ------------------------------------------------------------------ core
 
@@ -212,15 +215,38 @@ class NoduleClassifier(pl.LightningModule):
         """Nodule probability (class 1) of logits."""
         return F.softmax(logits.float(), dim=-1)[:, 1]
 
+    def consistency_loss(self, logits: Tensor, teacher_probability: Tensor) -> Tensor:
+        """Mean squared difference between the model's class probabilities and a teacher's
+        nodule probabilities (Tarvainen & Valpola 2017), over the batch and both classes."""
+        student = F.softmax(logits.float(), dim=-1)
+        p = teacher_probability.float()
+        teacher = torch.stack([1.0 - p, p], dim=-1)
+        return F.mse_loss(student, teacher.detach())
+
     def _shared_step(self, batch: dict[str, Tensor], prefix: str, auroc: BinaryAUROC) -> Tensor:
         logits = self(batch["image"])
         target = batch["label"].long()
         weight = self.sample_weights(batch) if prefix == "train" else None
-        loss = self.compute_loss(logits, target, weight)
+        labelled = target >= 0  # -1: an unlabelled candidate, for the consistency loss only
+        if bool(labelled.all()):
+            loss = self.compute_loss(logits, target, weight)
+        elif bool(labelled.any()):
+            part = None if weight is None else weight[labelled]
+            loss = self.compute_loss(logits[labelled], target[labelled], part) * (
+                labelled.float().mean()
+            )
+        else:
+            loss = logits.sum() * 0.0
         prob = self.probability(logits)
-        auroc.update(prob.detach(), target)
         on_step = prefix == "train"
         bs = target.shape[0]
+        teacher = batch.get("teacher_probability")
+        if prefix == "train" and teacher is not None:
+            consistency = self.consistency_loss(logits, teacher)
+            self.log("train/consistency", consistency, on_step=True, on_epoch=True, batch_size=bs)
+            loss = loss + self.consistency_weight * consistency
+        if bool(labelled.any()):
+            auroc.update(prob.detach()[labelled], target[labelled])
         self.log(
             f"{prefix}/loss",
             loss,

@@ -156,17 +156,20 @@ class BalancedSampler(Sampler[tuple[int, int]]):
 
     Each draw is positive with probability ``positive_fraction`` (a uniformly chosen
     positive row), otherwise a uniformly chosen negative row; when a class is empty
-    the other is drawn. It yields ``(row, draw)`` pairs where ``draw`` numbers the
+    the other is drawn. With ``unlabelled_fraction`` > 0, that fraction of the draws is
+    taken first, uniformly, from the rows labelled -1 (unlabelled candidates, e.g. for a
+    consistency loss), and the rest is class-balanced as above. It yields ``(row, draw)`` pairs where ``draw`` numbers the
     draw across epochs (so a dataset can seed the row's augmentation from it, the same
     whatever the number of workers or processes). The epoch advances by itself after
     every pass (and :meth:`set_epoch` sets it, as Lightning does), so the sample
     changes every epoch even when a distributed wrapper hides the sampler.
 
     Args:
-        labels: (N,) 0/1 labels of the rows.
-        positive_fraction: expected fraction of positives in a sample.
+        labels: (N,) 0/1 labels of the rows (-1: unlabelled).
+        positive_fraction: expected fraction of positives among the labelled draws.
         num_samples: draws per epoch (default N).
         seed: seed of the draws.
+        unlabelled_fraction: expected fraction of draws of unlabelled rows.
     """
 
     def __init__(
@@ -175,13 +178,14 @@ class BalancedSampler(Sampler[tuple[int, int]]):
         positive_fraction: float = 0.5,
         num_samples: int | None = None,
         seed: int = 0,
+        unlabelled_fraction: float = 0.0,
     ) -> None:
-        if not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
-        self.labels = np.asarray(labels).astype(np.int64)
-        self.positives = np.flatnonzero(self.labels == 1)
-        self.negatives = np.flatnonzero(self.labels != 1)
+        for name, value in (("positive_fraction", positive_fraction), ("unlabelled_fraction", unlabelled_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.set_labels(labels)
         self.positive_fraction = positive_fraction
+        self.unlabelled_fraction = unlabelled_fraction
         self.num_samples = len(self.labels) if num_samples is None else int(num_samples)
         self.seed = seed
         self.epoch = 0
@@ -198,7 +202,8 @@ class BalancedSampler(Sampler[tuple[int, int]]):
         of draws per epoch stays."""
         self.labels = np.asarray(labels).astype(np.int64)
         self.positives = np.flatnonzero(self.labels == 1)
-        self.negatives = np.flatnonzero(self.labels != 1)
+        self.negatives = np.flatnonzero(self.labels == 0)
+        self.unlabelled = np.flatnonzero(self.labels < 0)
 
     def indices(self, epoch: int) -> np.ndarray:
         """The rows drawn in ``epoch``."""
@@ -216,6 +221,11 @@ class BalancedSampler(Sampler[tuple[int, int]]):
             out[positive] = rng.choice(self.positives, n_pos)
         if n - n_pos:
             out[~positive] = rng.choice(self.negatives, n - n_pos)
+        if self.unlabelled_fraction > 0 and self.unlabelled.size:
+            # Drawn after the labelled rows, so that a sampler without unlabelled draws
+            # gives the same sample as before this option existed.
+            unlabelled = rng.random(n) < self.unlabelled_fraction
+            out[unlabelled] = rng.choice(self.unlabelled, int(unlabelled.sum()))
         return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -247,6 +257,9 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         pseudo: (N,) whether a row's label is a pseudo-label (default none).
         gan: GAN positives (:class:`GanPositives`) that replace a fraction of the augmented
             draws of labelled positives; None: none.
+        teacher_views: augmented items also carry ``image_teacher``, a second, independent
+            augmentation of the same row (for a consistency loss, e.g.
+            :class:`~nodule.training.mean_teacher.MeanTeacher`).
     """
 
     def __init__(
@@ -264,6 +277,7 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         weights: np.ndarray | None = None,
         pseudo: np.ndarray | None = None,
         gan: GanPositives | None = None,
+        teacher_views: bool = False,
     ) -> None:
         if not 0.0 <= fixed_view_fraction <= 1.0:
             raise ValueError(f"fixed_view_fraction must be in [0, 1], got {fixed_view_fraction}")
@@ -281,6 +295,7 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         self.weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
         self.pseudo = np.zeros(n, bool) if pseudo is None else np.asarray(pseudo, bool)
         self.gan = gan
+        self.teacher_views = teacher_views
 
     def extended(
         self,
@@ -288,8 +303,10 @@ class CandidatePatches(Dataset[dict[str, Any]]):
         labels: np.ndarray,
         candidate_ids: np.ndarray,
         weights: np.ndarray,
+        pseudo: bool = True,
     ) -> CandidatePatches:
-        """This dataset with pseudo-labelled rows appended (fixed views only, no cube)."""
+        """This dataset with rows appended (fixed views only, no cube): pseudo-labelled
+        rows, or (``pseudo`` False, labels -1) unlabelled ones."""
         return CandidatePatches(
             patches_hu=np.concatenate([self.patches_hu, patches_hu]),
             labels=np.concatenate([self.labels, np.asarray(labels, np.int64)]),
@@ -302,8 +319,9 @@ class CandidatePatches(Dataset[dict[str, Any]]):
             seed=self.seed,
             fixed_view_fraction=self.fixed_view_fraction,
             weights=np.concatenate([self.weights, np.asarray(weights, np.float32)]),
-            pseudo=np.concatenate([self.pseudo, np.ones(len(labels), bool)]),
+            pseudo=np.concatenate([self.pseudo, np.full(len(labels), pseudo, bool)]),
             gan=self.gan,
+            teacher_views=self.teacher_views,
         )
 
     def assign(self, other: CandidatePatches) -> None:
@@ -313,12 +331,14 @@ class CandidatePatches(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def views(self, row: int, draw: int | None = None) -> np.ndarray:
-        """The (V, H, W) float32 views of ``row``: augmented when ``draw`` is given and it has a cube."""
+    def views(self, row: int, draw: int | None = None, stream: int = 0) -> np.ndarray:
+        """The (V, H, W) float32 views of ``row``: augmented when ``draw`` is given (planes
+        resampled from its cube when it has one; otherwise mirrored, with noise);
+        ``stream`` > 0 gives further independent augmentations of the same draw."""
         cube = int(self.cube_rows[row])
         if draw is None or self.augment is None:
             return scale_hu(self.patches_hu[row], self.patch)
-        rng = np.random.default_rng([self.seed, draw])
+        rng = np.random.default_rng([self.seed, draw] if stream == 0 else [self.seed, draw, stream])
         if (
             self.gan is not None
             and self.labels[row] == 1
@@ -341,13 +361,16 @@ class CandidatePatches(Dataset[dict[str, Any]]):
 
     def __getitem__(self, item: Item) -> dict[str, Any]:
         row, draw = (int(item[0]), int(item[1])) if isinstance(item, tuple) else (int(item), None)
-        return {
+        out = {
             "image": torch.from_numpy(self.views(row, draw)),
             "label": torch.tensor(self.labels[row]),
             "candidate_id": torch.tensor(self.candidate_ids[row]),
             "weight": torch.tensor(self.weights[row]),
             "pseudo": torch.tensor(self.pseudo[row]),
         }
+        if self.teacher_views and draw is not None:
+            out["image_teacher"] = torch.from_numpy(self.views(row, draw, stream=1))
+        return out
 
 
 @dataclass
@@ -443,6 +466,10 @@ class Luna16DataModule(pl.LightningDataModule):
         gan_bank_size: generated nodules (each viewed once, randomly rotated) per fit.
         gan_texture_mix: probabilities of the GAN's textures (solid, part-solid,
             ground-glass); diameters are drawn from the labelled training nodules.
+        unlabelled_fraction: fraction of the training draws taken from the ``unlabelled``
+            split's candidates (label -1: no supervised loss; they serve a consistency
+            loss such as :class:`~nodule.training.mean_teacher.MeanTeacher`'s); 0: none.
+        teacher_views: training items carry a second augmentation, ``image_teacher``.
     """
 
     def __init__(
@@ -482,6 +509,8 @@ class Luna16DataModule(pl.LightningDataModule):
         gan_fraction: float = 0.3,
         gan_bank_size: int = 1024,
         gan_texture_mix: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        unlabelled_fraction: float = 0.0,
+        teacher_views: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -498,6 +527,10 @@ class Luna16DataModule(pl.LightningDataModule):
         self.gan_fraction = gan_fraction
         self.gan_bank_size = gan_bank_size
         self.gan_texture_mix = tuple(gan_texture_mix)
+        if not 0.0 <= unlabelled_fraction < 1.0:
+            raise ValueError(f"unlabelled_fraction must be in [0, 1), got {unlabelled_fraction}")
+        self.unlabelled_fraction = unlabelled_fraction
+        self.teacher_views = teacher_views
         self.dataset = dataset
         self.split_file = _expand(split_file)
         self.ranker_path = _expand(ranker)
@@ -881,6 +914,28 @@ class Luna16DataModule(pl.LightningDataModule):
                 self.datasets[split] = self._dataset(index, split)
                 if split == "train" and self.gan_generator is not None:
                     self.datasets[split].gan = self._gan_positives(self.datasets[split])
+        train = self.datasets.get("train")
+        if self.unlabelled_fraction > 0 and train is not None and not (train.labels < 0).any():
+            self._add_unlabelled_rows()
+
+    def _add_unlabelled_rows(self) -> None:
+        """Append the ``unlabelled`` split's candidates to the training rows, labelled -1."""
+        if "unlabelled" not in self.datasets:
+            raise ValueError(
+                "unlabelled_fraction > 0 needs unlabelled candidates: a label_fraction < 1 "
+                "or unlabelled_train data sets"
+            )
+        unlabelled = self.datasets["unlabelled"]
+        train = self.datasets["train"]
+        train.assign(
+            train.extended(
+                unlabelled.patches_hu,
+                np.full(len(unlabelled), -1, np.int64),
+                unlabelled.candidate_ids,
+                np.ones(len(unlabelled), np.float32),
+                pseudo=False,
+            )
+        )
 
     def _gan_positives(self, train: CandidatePatches) -> GanPositives:
         """The GAN's nodules for training: a bank of ``gan_bank_size`` generated nodules
@@ -972,6 +1027,7 @@ class Luna16DataModule(pl.LightningDataModule):
             augment=self.augmentation if split == "train" else None,
             seed=self.seed,
             fixed_view_fraction=self.fixed_view_fraction,
+            teacher_views=self.teacher_views and split == "train",
         )
 
     def views_of(self, split: Split, candidate_ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -1017,6 +1073,7 @@ class Luna16DataModule(pl.LightningDataModule):
                 self.positive_fraction,
                 self.samples_per_epoch,
                 self.seed,
+                unlabelled_fraction=self.unlabelled_fraction,
             )
         return self._loader("train", self.sampler)
 
