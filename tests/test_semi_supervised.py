@@ -220,7 +220,7 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
 
     design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
     config = load_ablation_config(design)
-    assert set(config.methods) == {"supervised", "pseudo_label", "mean_teacher", "gan", "both"}
+    assert set(config.methods) == {"supervised", "pseudo_label", "mean_teacher", "focalmix", "gan", "both"}
     assert config.fractions == (0.1, 0.25, 1.0)
     assert arm_name("both", 0.1) == "both-f010"
     sup = arm_overrides(config, "supervised", 0.25)
@@ -234,6 +234,9 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
     assert "--data.init_args.teacher_views=true" in mt and "--data.init_args.unlabelled_fraction=0.5" in mt
     assert sum(a.startswith("--data.init_args.unlabelled_train=") for a in mt) == 1
     assert not any("unlabelled_fraction" in a for a in both)
+    fm = arm_overrides(config, "focalmix", 0.1)
+    assert any("MeanTeacher" in a and '"mixup_alpha": 0.75' in a for a in fm)
+    assert not any("mixup_alpha" in a for a in mt)
     bad = tmp_path / "bad.yaml"
     bad.write_text("lightning_config: a\ndata: b\nout: c\nmethods: {gan: [gan]}\n")
     with pytest.raises(ValueError, match="must include 'supervised'"):
@@ -350,3 +353,50 @@ def test_mean_teacher_needs_the_second_augmentation(tmp_path: Path) -> None:
         trainer.fit(model, datamodule=dm)
     with pytest.raises(ValueError, match="unlabelled candidates"):
         _module(root, tmp_path / "cache", unlabelled_fraction=0.5).setup("fit")
+
+
+def test_soft_focal_loss_and_focalmix_batch() -> None:
+    from nodule.training.classifier import focal_loss, soft_focal_loss
+    from nodule.training.mean_teacher import mix_batch, sharpen
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
+    for gamma, alpha in ((0.0, None), (2.0, 0.25)):
+        hard = focal_loss(logits, target, gamma, alpha)
+        assert torch.allclose(soft_focal_loss(logits, target.float(), gamma, alpha), hard)
+    assert torch.allclose(soft_focal_loss(logits, target.float(), 0.0), torch.nn.functional.cross_entropy(logits, target))
+    p = torch.tensor([0.2, 0.5, 0.9])
+    s = sharpen(p, 0.5)
+    assert s[0] < 0.2 and s[1] == pytest.approx(0.5) and s[2] > 0.9
+    batch = {"image": torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).clone(), "label": torch.tensor([1, 0, -1, -1])}
+    image = batch["image"].clone()
+    teacher = torch.tensor([0.5, 0.5, 0.9, 0.1])
+    mix_batch(batch, teacher, 0.75, 0.5, np.random.default_rng(0))
+    rng = np.random.default_rng(0)  # the same draws: lambda, then the permutation
+    lam = float(rng.beta(0.75, 0.75))
+    lam = max(lam, 1 - lam)
+    perm = torch.from_numpy(rng.permutation(4))
+    soft = torch.tensor([1.0, 0.0, float(sharpen(teacher[2:3], 0.5)), float(sharpen(teacher[3:4], 0.5))])
+    assert torch.allclose(batch["image"], lam * image + (1 - lam) * image[perm])
+    assert torch.allclose(batch["mix_target"], lam * soft + (1 - lam) * soft[perm])
+    assert batch["mix_labelled"].tolist() == [True, True, False, False]
+    model = NoduleClassifier(net=_tiny_net())
+    supervised, consistency = model.mixed_loss(torch.randn(4, 2), batch)
+    assert supervised > 0 and consistency > 0
+
+
+def test_focalmix_fit(tmp_path: Path) -> None:
+    from nodule.training.mean_teacher import MeanTeacher
+
+    root = _set(tmp_path / "set")
+    dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1, unlabelled_fraction=0.5, teacher_views=True)
+    torch.manual_seed(0)
+    model = NoduleClassifier(net=_tiny_net(), loss="focal", optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[MeanTeacher(mixup_alpha=0.75, ramp_epochs=1)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path / "run", num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert float(trainer.callback_metrics["train/consistency"]) > 0
+    assert np.isfinite(float(trainer.callback_metrics["train/loss"]))

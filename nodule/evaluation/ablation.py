@@ -4,9 +4,9 @@ Every arm (method x labelled fraction) is one :func:`~nodule.evaluation.crossval
 of the same LightningCLI recipe, folds, seeds and external sets, with the arm's settings as
 LightningCLI overrides (``data.init_args.label_fraction``; for pseudo-labels the
 :class:`~nodule.training.pseudo_labels.PseudoLabelling` callback and the unlabelled
-training sets; for the mean teacher the :class:`~nodule.training.mean_teacher.MeanTeacher`
-callback, the unlabelled training sets, their share of the draws and the teacher's second
-augmentation; for the GAN ``data.init_args.gan_generator``). Each arm lives in its own
+training sets; for the mean teacher (and FocalMix, the same callback with mixing) the
+:class:`~nodule.training.mean_teacher.MeanTeacher` callback, the unlabelled training sets,
+their share of the draws and the teacher's second augmentation; for the GAN ``data.init_args.gan_generator``). Each arm lives in its own
 run folder under ``out`` and resumes as crossval does, so the ablation resumes arm by arm
 and fold by fold.
 
@@ -35,7 +35,7 @@ from nodule.data.luna16 import read_annotations, read_excluded, read_submission
 from nodule.paths import write_text_atomic
 
 BASELINE = "supervised"
-PARTS = ("pseudo_label", "mean_teacher", "gan")
+PARTS = ("pseudo_label", "mean_teacher", "focalmix", "gan")
 MIN_SCANS = 5
 MIN_NODULES = 15
 
@@ -53,6 +53,7 @@ class AblationConfig:
     methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
     pseudo_label: dict[str, Any] = field(default_factory=dict)
     mean_teacher: dict[str, Any] = field(default_factory=dict)
+    focalmix: dict[str, Any] = field(default_factory=dict)
     unlabelled_train: tuple[str, ...] = ()
     gan: dict[str, Any] = field(default_factory=dict)
     label_seed: int = 0
@@ -96,6 +97,7 @@ def load_ablation_config(path: Path) -> AblationConfig:
         methods=methods,
         pseudo_label=dict(raw.get("pseudo_label") or {}),
         mean_teacher=dict(raw.get("mean_teacher") or {}),
+        focalmix=dict(raw.get("focalmix") or {}),
         unlabelled_train=tuple(raw.get("unlabelled_train") or ()),
         gan=gan,
         label_seed=int(raw.get("label_seed", 0)),
@@ -121,14 +123,19 @@ def arm_overrides(config: AblationConfig, method: str, fraction: float) -> list[
     if "pseudo_label" in parts:
         callback = {"class_path": "nodule.training.pseudo_labels.PseudoLabelling", "init_args": config.pseudo_label}
         args.append(f"--trainer.callbacks+={json.dumps(callback)}")
-    if "mean_teacher" in parts:
-        settings = dict(config.mean_teacher)
+    consistency = [p for p in ("mean_teacher", "focalmix") if p in parts]
+    if len(consistency) > 1:
+        raise ValueError(f"method {method} combines mean_teacher and focalmix: one MeanTeacher callback at most")
+    if consistency:
+        settings = dict(config.mean_teacher if consistency[0] == "mean_teacher" else config.focalmix)
+        if consistency[0] == "focalmix":
+            settings.setdefault("mixup_alpha", 0.75)
         unlabelled_fraction = float(settings.pop("unlabelled_fraction", 0.5))
         callback = {"class_path": "nodule.training.mean_teacher.MeanTeacher", "init_args": settings}
         args.append(f"--trainer.callbacks+={json.dumps(callback)}")
         args.append(f"--data.init_args.unlabelled_fraction={unlabelled_fraction}")
         args.append("--data.init_args.teacher_views=true")
-    if {"pseudo_label", "mean_teacher"} & set(parts):
+    if {"pseudo_label", "mean_teacher", "focalmix"} & set(parts):
         args.append(f"--data.init_args.unlabelled_train={json.dumps(list(config.unlabelled_train))}")
     if "gan" in parts:
         if not config.gan.get("generator"):

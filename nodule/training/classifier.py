@@ -65,6 +65,34 @@ def focal_loss(
     return loss if reduction == "none" else loss.mean()
 
 
+def soft_focal_loss(
+    logits: Tensor,
+    target_probability: Tensor,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """Focal loss against soft targets (FocalMix, Wang et al. 2020): ``-sum_c q_c alpha_c
+    (1 - p_c)^gamma log p_c`` with ``q = (1 - t, t)``; hard targets give :func:`focal_loss`
+    and ``gamma = 0`` cross-entropy.
+
+    Args:
+        logits: (B, 2) logits.
+        target_probability: (B,) target probability of class 1, in [0, 1].
+        gamma: focusing exponent (>= 0).
+        alpha: weight of class 1 (``1 - alpha`` for class 0); None: no weighting.
+        reduction: ``mean`` over the batch, or ``none``.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    t = target_probability.float()
+    q = torch.stack([1.0 - t, t], dim=-1)
+    focus = (1.0 - logp.exp()).clamp(min=0.0) ** gamma
+    if alpha is not None:
+        focus = focus * torch.tensor([1.0 - alpha, alpha], device=logits.device)
+    loss = -(q * focus * logp).sum(dim=-1)
+    return loss if reduction == "none" else loss.mean()
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """``obj`` of every process (a one-element list without torch.distributed)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -223,12 +251,34 @@ class NoduleClassifier(pl.LightningModule):
         teacher = torch.stack([1.0 - p, p], dim=-1)
         return F.mse_loss(student, teacher.detach())
 
+    def mixed_loss(self, logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Supervised and consistency losses of a mixed batch (FocalMix; see
+        :class:`~nodule.training.mean_teacher.MeanTeacher`): the configured loss against the
+        soft ``mix_target`` for rows whose main part is labelled (``mix_labelled``), the mean
+        squared difference of probabilities for the others; both summed over rows / B."""
+        q = batch["mix_target"].float()
+        labelled = batch["mix_labelled"].bool()
+        gamma = self.focal_gamma if self.loss_name == "focal" else 0.0
+        alpha = self.focal_alpha if self.loss_name == "focal" else None
+        supervised = soft_focal_loss(logits, q, gamma, alpha, reduction="none")
+        weight = self.sample_weights(batch)
+        if weight is not None:
+            supervised = supervised * weight
+        student = F.softmax(logits.float(), dim=-1)
+        squared = ((student - torch.stack([1.0 - q, q], dim=-1)) ** 2).mean(dim=-1)
+        n = max(1, logits.shape[0])
+        return (supervised * labelled).sum() / n, (squared * ~labelled).sum() / n
+
     def _shared_step(self, batch: dict[str, Tensor], prefix: str, auroc: BinaryAUROC) -> Tensor:
         logits = self(batch["image"])
         target = batch["label"].long()
         weight = self.sample_weights(batch) if prefix == "train" else None
         labelled = target >= 0  # -1: an unlabelled candidate, for the consistency loss only
-        if bool(labelled.all()):
+        bs = target.shape[0]
+        consistency: Tensor | None = None
+        if prefix == "train" and "mix_target" in batch:
+            loss, consistency = self.mixed_loss(logits, batch)
+        elif bool(labelled.all()):
             loss = self.compute_loss(logits, target, weight)
         elif bool(labelled.any()):
             part = None if weight is None else weight[labelled]
@@ -239,10 +289,10 @@ class NoduleClassifier(pl.LightningModule):
             loss = logits.sum() * 0.0
         prob = self.probability(logits)
         on_step = prefix == "train"
-        bs = target.shape[0]
         teacher = batch.get("teacher_probability")
-        if prefix == "train" and teacher is not None:
+        if prefix == "train" and consistency is None and teacher is not None:
             consistency = self.consistency_loss(logits, teacher)
+        if consistency is not None:
             self.log("train/consistency", consistency, on_step=True, on_epoch=True, batch_size=bs)
             loss = loss + self.consistency_weight * consistency
         if bool(labelled.any()):

@@ -14,6 +14,15 @@ weight rises with Laine & Aila's sigmoid ramp. Used for domain adaptation this i
 et al. 2018's self-ensembling: the unlabelled real scans shape the model that is tested
 on real scans.
 
+With ``mixup_alpha`` set the callback does FocalMix (Wang et al. 2020, for nodule
+detection; MixMatch's recipe): each candidate gets a soft target (its label if labelled,
+the teacher's probability sharpened by ``sharpen_temperature`` if not), and the batch is
+mixed with a permutation of itself (``lambda ~ Beta(alpha, alpha)``, kept >= 0.5 so that
+each row stays mostly itself), images and targets alike; the model then takes the
+configured loss (focal or cross-entropy) against the mixed soft targets of the mostly
+labelled rows and the consistency loss on the mostly unlabelled ones
+(:meth:`~nodule.training.classifier.NoduleClassifier.mixed_loss`).
+
 The teacher's weights are in the checkpoint (this callback's state), so a resumed fit
 goes on with the same teacher; the model that is validated, checkpointed and tested is
 the student, as in every other recipe.
@@ -25,6 +34,7 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
@@ -51,6 +61,31 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
         tb.copy_(sb)
 
 
+def sharpen(probability: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MixMatch's sharpening of two-class probabilities: ``p^(1/T) / (p^(1/T) + (1-p)^(1/T))``."""
+    p = probability.float().clamp(1e-6, 1 - 1e-6)
+    a, b = p ** (1.0 / temperature), (1.0 - p) ** (1.0 / temperature)
+    return a / (a + b)
+
+
+def mix_batch(
+    batch: dict[str, Any], teacher_probability: torch.Tensor, alpha: float, temperature: float, rng: np.random.Generator
+) -> None:
+    """FocalMix a training batch in place: ``image`` mixed with a permutation of itself,
+    ``mix_target`` (soft nodule probability) and ``mix_labelled`` (the row's main part is
+    labelled) added."""
+    labels = batch["label"]
+    labelled = labels >= 0
+    soft = torch.where(labelled, labels.clamp(min=0).float(), sharpen(teacher_probability, temperature))
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(labels.shape[0])).to(labels.device)
+    image = batch["image"]
+    batch["image"] = lam * image + (1.0 - lam) * image[perm]
+    batch["mix_target"] = lam * soft + (1.0 - lam) * soft[perm]
+    batch["mix_labelled"] = labelled
+
+
 class MeanTeacher(Callback):
     """Mean-teacher consistency training (module docstring).
 
@@ -59,6 +94,9 @@ class MeanTeacher(Callback):
         ramp_epochs: epochs over which the weight rises (sigmoid ramp, by optimiser step).
         decay: EMA decay of the teacher's weights during the ramp.
         decay_after_ramp: EMA decay after it (Tarvainen & Valpola: 0.99 then 0.999).
+        mixup_alpha: FocalMix's Beta parameter (module docstring); None: no mixing.
+        sharpen_temperature: temperature of the unlabelled candidates' soft targets.
+        seed: seed of the mixing.
     """
 
     def __init__(
@@ -67,7 +105,14 @@ class MeanTeacher(Callback):
         ramp_epochs: int = 2,
         decay: float = 0.99,
         decay_after_ramp: float = 0.999,
+        mixup_alpha: float | None = None,
+        sharpen_temperature: float = 0.5,
+        seed: int = 0,
     ) -> None:
+        if mixup_alpha is not None and mixup_alpha <= 0:
+            raise ValueError(f"mixup_alpha must be > 0, got {mixup_alpha}")
+        if sharpen_temperature <= 0:
+            raise ValueError(f"sharpen_temperature must be > 0, got {sharpen_temperature}")
         if max_weight < 0 or ramp_epochs < 0:
             raise ValueError("max_weight and ramp_epochs must be >= 0")
         for name, value in (("decay", decay), ("decay_after_ramp", decay_after_ramp)):
@@ -77,6 +122,9 @@ class MeanTeacher(Callback):
         self.ramp_epochs = ramp_epochs
         self.decay = decay
         self.decay_after_ramp = decay_after_ramp
+        self.mixup_alpha = mixup_alpha
+        self.sharpen_temperature = sharpen_temperature
+        self.seed = seed
         self.teacher: nn.Module | None = None
         self._state: dict[str, torch.Tensor] | None = None
 
@@ -110,7 +158,12 @@ class MeanTeacher(Callback):
         self.teacher.train(pl_module.training)  # dropout noise as the student's
         with torch.no_grad():
             logits = self.teacher(batch["image_teacher"])
-        batch["teacher_probability"] = NoduleClassifier.probability(logits)
+        probability = NoduleClassifier.probability(logits)
+        if self.mixup_alpha is None:
+            batch["teacher_probability"] = probability
+        else:
+            rng = np.random.default_rng([self.seed, trainer.global_step])
+            mix_batch(batch, probability, self.mixup_alpha, self.sharpen_temperature, rng)
         ramp = sigmoid_ramp(trainer.global_step, self._ramp_steps(trainer))
         pl_module.consistency_weight = self.max_weight * ramp
         pl_module.log("train/consistency_weight", pl_module.consistency_weight, on_step=True, on_epoch=False)
