@@ -130,6 +130,13 @@ def test_select_pseudo_labels_threshold_rank_and_balance() -> None:
     assert dict(capped["pseudo_label"]) == {0: 1, 4: 1, 3: 0}  # the most confident negative
     w = select_pseudo_labels(scores, "threshold", 0.9, 0.1, confidence_weighting=True)
     assert w.loc[0, "weight"] == pytest.approx(0.95) and w.loc[3, "weight"] == pytest.approx(0.99)
+    # class-balanced by the labelled prior: 0.25 * 8 = 2 expected positives, half of them taken
+    pr = select_pseudo_labels(scores, "prior", 0.9, 0.1, positive_prior=0.25, prior_share=0.5)
+    assert dict(pr["pseudo_label"]) == {0: 1, 2: 0, 3: 0, 6: 0}
+    pr = select_pseudo_labels(scores, "prior", 0.9, 0.1, positive_prior=0.5, prior_share=1.0)
+    assert dict(pr["pseudo_label"]) == {0: 1, 4: 1, 1: 1, 5: 1, 2: 0, 3: 0, 6: 0}  # p 0.3 too
+    with pytest.raises(ValueError, match="positive_prior"):
+        select_pseudo_labels(scores, "prior")
     hidden = pd.Series([1, 0, 0, 0, 0, 1, 0, 0], index=range(8))
     q = pseudo_label_quality(t, hidden)
     assert q["n_positive"] == 2 and q["precision_positive"] == 0.5 and q["recall_positive"] == 0.5

@@ -40,8 +40,10 @@ from pytorch_lightning.callbacks import Callback
 from nodule.patches import scale_hu
 from nodule.paths import write_text_atomic
 from nodule.training.classifier import NoduleClassifier
+from nodule.training.datamodule import FROM_ANNOTATIONS
+from nodule.training.labels import LABEL
 
-Selection = Literal["threshold", "rank"]
+Selection = Literal["threshold", "rank", "prior"]
 
 
 def select_pseudo_labels(
@@ -53,6 +55,8 @@ def select_pseudo_labels(
     bottom_k: int = 20,
     max_negatives_per_positive: float | None = None,
     confidence_weighting: bool = False,
+    positive_prior: float | None = None,
+    prior_share: float = 0.5,
 ) -> pd.DataFrame:
     """Turn a teacher's scores into pseudo-labels.
 
@@ -61,7 +65,11 @@ def select_pseudo_labels(
         selection: ``threshold``: positives at ``probability >= positive_threshold``,
             negatives at ``<= negative_threshold``; ``rank``: per scan the ``top_k``
             highest (and at least ``positive_threshold``) are positives and the
-            ``bottom_k`` lowest (and at most ``negative_threshold``) negatives.
+            ``bottom_k`` lowest (and at most ``negative_threshold``) negatives; ``prior``
+            (class-balanced by the labelled data's class prior, as in distribution
+            alignment): the ``prior_share * positive_prior * N`` highest-scored candidates
+            (above ``negative_threshold``) are positives, whatever the teacher's
+            calibration, and those at most ``negative_threshold`` negatives.
         positive_threshold: see ``selection``.
         negative_threshold: see ``selection``.
         top_k: positives per scan with ``rank``.
@@ -70,6 +78,8 @@ def select_pseudo_labels(
             positive (the most confident ones); None: no cap.
         confidence_weighting: weight each pseudo-label by its confidence (``p`` for a
             positive, ``1 - p`` for a negative); otherwise 1.
+        positive_prior: the share of positives among labelled candidates (``prior``).
+        prior_share: the share of the expected positives taken (``prior``).
 
     Returns:
         The pseudo-labelled candidates, indexed by ``candidate_id``: ``seriesuid``,
@@ -90,8 +100,20 @@ def select_pseudo_labels(
         low = by_scan.rank(method="first", ascending=True).to_numpy() <= bottom_k
         positive = high & (p >= positive_threshold)
         negative = low & (p <= negative_threshold) & ~positive
+    elif selection == "prior":
+        if positive_prior is None or not 0.0 <= positive_prior <= 1.0 or not 0.0 < prior_share <= 1.0:
+            raise ValueError(
+                f"selection prior needs positive_prior in [0, 1] and prior_share in (0, 1], got "
+                f"{positive_prior}, {prior_share}"
+            )
+        n_positive = round(prior_share * positive_prior * len(p))
+        order = np.argsort(-p, kind="stable")[:n_positive]
+        positive = np.zeros(len(p), bool)
+        positive[order] = True
+        positive &= p > negative_threshold
+        negative = (p <= negative_threshold) & ~positive
     else:
-        raise ValueError(f"selection must be threshold or rank, got {selection!r}")
+        raise ValueError(f"selection must be threshold, rank or prior, got {selection!r}")
     if max_negatives_per_positive is not None:
         keep = math.floor(max_negatives_per_positive * int(positive.sum()))
         order = np.argsort(p, kind="stable")  # most confident negatives first
@@ -150,6 +172,15 @@ def ramp_weight(epoch: int, start: int, ramp_epochs: int, max_weight: float) -> 
     return float(max_weight) * min(1.0, (epoch - start + 1) / ramp_epochs)
 
 
+def labelled_prior(datamodule: Any) -> float:
+    """The share of positives among the labelled training scans' detected candidates (the
+    annotated centres added for training left out)."""
+    rows = datamodule.split_candidates("train")
+    if FROM_ANNOTATIONS in rows.columns:
+        rows = rows[~rows[FROM_ANNOTATIONS].to_numpy(bool)]
+    return float((rows[LABEL] == 1).mean()) if len(rows) else 0.0
+
+
 def _number(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -169,6 +200,8 @@ class PseudoLabelling(Callback):
         bottom_k: see :func:`select_pseudo_labels`.
         max_negatives_per_positive: see :func:`select_pseudo_labels`.
         confidence_weighting: see :func:`select_pseudo_labels`.
+        prior_share: see :func:`select_pseudo_labels` (``positive_prior`` is the share of
+            positives among the labelled training candidates, the detected ones).
         max_weight: Lee's final alpha, the pseudo-label loss weight.
         ramp_epochs: epochs over which alpha rises from 0 (from ``first_epoch``).
         batch_size: candidates scored at once by the teacher.
@@ -188,6 +221,7 @@ class PseudoLabelling(Callback):
         bottom_k: int = 20,
         max_negatives_per_positive: float | None = None,
         confidence_weighting: bool = False,
+        prior_share: float = 0.5,
         max_weight: float = 1.0,
         ramp_epochs: int = 2,
         batch_size: int = 256,
@@ -206,6 +240,7 @@ class PseudoLabelling(Callback):
             "bottom_k": bottom_k,
             "max_negatives_per_positive": max_negatives_per_positive,
             "confidence_weighting": confidence_weighting,
+            "prior_share": prior_share,
         }
         self.max_weight = max_weight
         self.ramp_epochs = ramp_epochs
@@ -302,7 +337,7 @@ class PseudoLabelling(Callback):
     def _run_round(self, r: int, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule: Any = getattr(trainer, "datamodule", None)
         scores = self.score(trainer, pl_module)
-        pseudo = select_pseudo_labels(scores, **self.selection)
+        pseudo = select_pseudo_labels(scores, **self.selection, positive_prior=labelled_prior(datamodule))
         datamodule.set_pseudo_labels(pseudo)
         self.current = pseudo
         # The hidden labels, for the quality figures only.
