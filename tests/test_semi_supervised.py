@@ -52,6 +52,19 @@ def _module(root: Path, cache: Path, **kwargs: object) -> Luna16DataModule:
     )
 
 
+def _trainer(tmp_path: Path, callbacks: list[pl.Callback], max_epochs: int) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "run",
+        num_sanity_val_steps=0,
+    )
+
+
 def _tiny_net() -> MultiStreamNet:
     return MultiStreamNet(n_views=3, channels=(4,), kernel_sizes=(3,), fc_units=4, dropout=0.0, input_size=8)
 
@@ -152,16 +165,7 @@ def test_pseudo_label_rounds_in_a_fit_and_resume(tmp_path: Path) -> None:
     callback = PseudoLabelling(
         rounds=2, first_epoch=1, epochs_per_round=1, positive_threshold=0.5, negative_threshold=0.49, ramp_epochs=2
     )
-    trainer = pl.Trainer(
-        max_epochs=3,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path / "run",
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(tmp_path, [callback], max_epochs=3)
     trainer.fit(model, datamodule=dm)
     rounds = json.loads((tmp_path / "run" / "pseudo_labels" / "rounds.json").read_text())
     assert [r["round"] for r in rounds["rounds"]] == [0, 1] and [r["epoch"] for r in rounds["rounds"]] == [1, 2]
@@ -322,16 +326,7 @@ def test_mean_teacher_fit_with_unlabelled_draws_and_resume(tmp_path: Path) -> No
     model = NoduleClassifier(net=_tiny_net(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
     initial = {k: v.clone() for k, v in model.net.state_dict().items()}
     callback = MeanTeacher(max_weight=5.0, ramp_epochs=1)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path / "run",
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(tmp_path, [callback], max_epochs=2)
     trainer.fit(model, datamodule=dm)
     assert model.consistency_weight == pytest.approx(5.0)  # ramped up after one epoch
     assert "train/consistency" in trainer.callback_metrics
@@ -352,10 +347,7 @@ def test_mean_teacher_needs_the_second_augmentation(tmp_path: Path) -> None:
     root = _set(tmp_path / "set")
     dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1, unlabelled_fraction=0.5)
     model = NoduleClassifier(net=_tiny_net())
-    trainer = pl.Trainer(
-        max_epochs=1, callbacks=[MeanTeacher()], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / "run",
-    )
+    trainer = _trainer(tmp_path, [MeanTeacher()], max_epochs=1)
     with pytest.raises(ValueError, match="teacher_views"):
         trainer.fit(model, datamodule=dm)
     with pytest.raises(ValueError, match="unlabelled candidates"):
@@ -368,9 +360,13 @@ def test_soft_focal_loss_and_focalmix_batch() -> None:
 
     torch.manual_seed(0)
     logits, target = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
-    for gamma, alpha in ((0.0, None), (2.0, 0.25)):
-        hard = focal_loss(logits, target, gamma, alpha)
-        assert torch.allclose(soft_focal_loss(logits, target.float(), gamma, alpha), hard)
+    p_t = torch.softmax(logits, -1).gather(1, target[:, None]).squeeze(1)
+    alpha_t = torch.where(target == 1, 0.25, 0.75)
+    by_hand = (-alpha_t * (1 - p_t) ** 2 * p_t.log()).mean()  # Lin et al.'s formula
+    assert torch.allclose(focal_loss(logits, target, 2.0, 0.25), by_hand)
+    assert torch.allclose(soft_focal_loss(logits, target.float(), 2.0, 0.25), by_hand)
+    half = soft_focal_loss(logits, torch.full((6,), 0.5), 0.0, reduction="none")
+    assert torch.allclose(half, -torch.log_softmax(logits, -1).mean(-1))  # q = (0.5, 0.5)
     assert torch.allclose(soft_focal_loss(logits, target.float(), 0.0), torch.nn.functional.cross_entropy(logits, target))
     p = torch.tensor([0.2, 0.5, 0.9])
     s = sharpen(p, 0.5)
@@ -399,11 +395,7 @@ def test_focalmix_fit(tmp_path: Path) -> None:
     dm = _module(root, tmp_path / "cache", label_fraction=0.5, label_seed=1, unlabelled_fraction=0.5, teacher_views=True)
     torch.manual_seed(0)
     model = NoduleClassifier(net=_tiny_net(), loss="focal", optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
-    trainer = pl.Trainer(
-        max_epochs=1, callbacks=[MeanTeacher(mixup_alpha=0.75, ramp_epochs=1)], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path / "run", num_sanity_val_steps=0,
-    )
+    trainer = _trainer(tmp_path, [MeanTeacher(mixup_alpha=0.75, ramp_epochs=1)], max_epochs=1)
     trainer.fit(model, datamodule=dm)
     assert float(trainer.callback_metrics["train/consistency"]) > 0
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))

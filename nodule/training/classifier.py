@@ -58,37 +58,38 @@ def focal_loss(
     Returns:
         The scalar loss (or the per-candidate losses).
     """
-    logp = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
-    loss = -((1.0 - logp.exp()).clamp(min=0.0) ** gamma) * logp
-    if alpha is not None:
-        loss = loss * torch.where(target == 1, alpha, 1.0 - alpha)
-    return loss if reduction == "none" else loss.mean()
+    one_hot = F.one_hot(target.long(), logits.shape[-1]).float()
+    return soft_focal_loss(logits, one_hot, gamma, alpha, reduction)
 
 
 def soft_focal_loss(
     logits: Tensor,
-    target_probability: Tensor,
+    target: Tensor,
     gamma: float = 2.0,
     alpha: float | None = None,
     reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor:
     """Focal loss against soft targets (FocalMix, Wang et al. 2020): ``-sum_c q_c alpha_c
-    (1 - p_c)^gamma log p_c`` with ``q = (1 - t, t)``; hard targets give :func:`focal_loss`
-    and ``gamma = 0`` cross-entropy.
+    (1 - p_c)^gamma log p_c``; one-hot targets give :func:`focal_loss` and ``gamma = 0``
+    cross-entropy.
 
     Args:
-        logits: (B, 2) logits.
-        target_probability: (B,) target probability of class 1, in [0, 1].
+        logits: (B, C) logits.
+        target: (B, C) target distributions ``q``, or (B,) target probabilities of class 1
+            of two classes (``q = (1 - t, t)``).
         gamma: focusing exponent (>= 0).
-        alpha: weight of class 1 (``1 - alpha`` for class 0); None: no weighting.
+        alpha: weight of class 1 (``1 - alpha`` for the others); None: no weighting.
         reduction: ``mean`` over the batch, or ``none``.
     """
     logp = F.log_softmax(logits.float(), dim=-1)
-    t = target_probability.float()
-    q = torch.stack([1.0 - t, t], dim=-1)
+    q = target.float()
+    if q.ndim == 1:
+        q = torch.stack([1.0 - q, q], dim=-1)
     focus = (1.0 - logp.exp()).clamp(min=0.0) ** gamma
     if alpha is not None:
-        focus = focus * torch.tensor([1.0 - alpha, alpha], device=logits.device)
+        weights = torch.full((logits.shape[-1],), 1.0 - alpha, device=logits.device)
+        weights[1] = alpha
+        focus = focus * weights
     loss = -(q * focus * logp).sum(dim=-1)
     return loss if reduction == "none" else loss.mean()
 
