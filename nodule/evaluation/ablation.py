@@ -1,4 +1,6 @@
-"""``nodule ablation``: supervised, +pseudo-labels, +mean teacher, +GAN and +both at several labelled fractions.
+"""``nodule ablation``: supervised against semi-supervised methods at several labelled fractions.
+
+The methods: pseudo-labels, mean teacher, FocalMix, GAN nodules, and combinations.
 
 Every arm (method x labelled fraction) is one :func:`~nodule.evaluation.crossval.run_crossval`
 of the same LightningCLI recipe, folds, seeds and external sets, with the arm's settings as
@@ -6,7 +8,8 @@ LightningCLI overrides (``data.init_args.label_fraction``; for pseudo-labels the
 :class:`~nodule.training.pseudo_labels.PseudoLabelling` callback and the unlabelled
 training sets; for the mean teacher (and FocalMix, the same callback with mixing) the
 :class:`~nodule.training.mean_teacher.MeanTeacher` callback, the unlabelled training sets,
-their share of the draws and the teacher's second augmentation; for the GAN ``data.init_args.gan_generator``). Each arm lives in its own
+their share of the draws and the teacher's second augmentation; for the GAN
+``data.init_args.gan_generator``). Each arm lives in its own
 run folder under ``out`` and resumes as crossval does, so the ablation resumes arm by arm
 and fold by fold.
 

@@ -156,10 +156,11 @@ class BalancedSampler(Sampler[tuple[int, int]]):
 
     Each draw is positive with probability ``positive_fraction`` (a uniformly chosen
     positive row), otherwise a uniformly chosen negative row; when a class is empty
-    the other is drawn. With ``unlabelled_fraction`` > 0, that fraction of the draws is
-    taken first, uniformly, from the rows labelled -1 (unlabelled candidates, e.g. for a
-    consistency loss), and the rest is class-balanced as above. It yields ``(row, draw)`` pairs where ``draw`` numbers the
-    draw across epochs (so a dataset can seed the row's augmentation from it, the same
+    the other is drawn. With ``unlabelled_fraction`` > 0, that fraction of the draws
+    (chosen independently of their class) is replaced by uniformly drawn rows labelled -1
+    (unlabelled candidates, e.g. for a consistency loss), so the labelled draws stay
+    class-balanced. It yields ``(row, draw)`` pairs where ``draw`` numbers the draw across
+    epochs (so a dataset can seed the row's augmentation from it, the same
     whatever the number of workers or processes). The epoch advances by itself after
     every pass (and :meth:`set_epoch` sets it, as Lightning does), so the sample
     changes every epoch even when a distributed wrapper hides the sampler.
