@@ -231,7 +231,7 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
 
     design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
     config = load_ablation_config(design)
-    assert set(config.methods) == {"supervised", "pseudo_label", "mean_teacher", "focalmix", "gan", "both"}
+    assert set(config.methods) == {"supervised", "pseudo_label", "mean_teacher", "focalmix", "mixup", "gan", "both"}
     assert config.fractions == (0.1, 0.25, 1.0)
     assert arm_name("both", 0.1) == "both-f010"
     sup = arm_overrides(config, "supervised", 0.25)
@@ -248,6 +248,8 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
     fm = arm_overrides(config, "focalmix", 0.1)
     assert any("MeanTeacher" in a and '"mixup_alpha": 0.75' in a for a in fm)
     assert not any("mixup_alpha" in a for a in mt)
+    mix = arm_overrides(config, "mixup", 0.1)
+    assert any("mixup_alpha" in a for a in mix) and "--data.init_args.unlabelled_fraction=0.0" in mix
     bad = tmp_path / "bad.yaml"
     bad.write_text("lightning_config: a\ndata: b\nout: c\nmethods: {gan: [gan]}\n")
     with pytest.raises(ValueError, match="must include 'supervised'"):

@@ -38,7 +38,12 @@ from nodule.data.luna16 import read_annotations, read_excluded, read_submission
 from nodule.paths import write_text_atomic
 
 BASELINE = "supervised"
-PARTS = ("pseudo_label", "mean_teacher", "focalmix", "gan")
+PARTS = ("pseudo_label", "mean_teacher", "focalmix", "mixup", "gan")
+# The parts that are a MeanTeacher callback (each with its own settings in the design):
+# mean teacher, FocalMix, and mixup alone (FocalMix's mixing of labelled candidates without
+# unlabelled draws, the control that tells FocalMix's use of unlabelled data from mixup's
+# regularisation).
+TEACHER_PARTS = {"mean_teacher": {}, "focalmix": {"mixup_alpha": 0.75}, "mixup": {"mixup_alpha": 0.75, "unlabelled_fraction": 0.0}}
 MIN_SCANS = 5
 MIN_NODULES = 15
 
@@ -57,6 +62,7 @@ class AblationConfig:
     pseudo_label: dict[str, Any] = field(default_factory=dict)
     mean_teacher: dict[str, Any] = field(default_factory=dict)
     focalmix: dict[str, Any] = field(default_factory=dict)
+    mixup: dict[str, Any] = field(default_factory=dict)
     unlabelled_train: tuple[str, ...] = ()
     gan: dict[str, Any] = field(default_factory=dict)
     label_seed: int = 0
@@ -101,6 +107,7 @@ def load_ablation_config(path: Path) -> AblationConfig:
         pseudo_label=dict(raw.get("pseudo_label") or {}),
         mean_teacher=dict(raw.get("mean_teacher") or {}),
         focalmix=dict(raw.get("focalmix") or {}),
+        mixup=dict(raw.get("mixup") or {}),
         unlabelled_train=tuple(raw.get("unlabelled_train") or ()),
         gan=gan,
         label_seed=int(raw.get("label_seed", 0)),
@@ -126,19 +133,18 @@ def arm_overrides(config: AblationConfig, method: str, fraction: float) -> list[
     if "pseudo_label" in parts:
         callback = {"class_path": "nodule.training.pseudo_labels.PseudoLabelling", "init_args": config.pseudo_label}
         args.append(f"--trainer.callbacks+={json.dumps(callback)}")
-    consistency = [p for p in ("mean_teacher", "focalmix") if p in parts]
+    consistency = [p for p in TEACHER_PARTS if p in parts]
     if len(consistency) > 1:
-        raise ValueError(f"method {method} combines mean_teacher and focalmix: one MeanTeacher callback at most")
+        raise ValueError(f"method {method} combines {consistency}: one MeanTeacher callback at most")
     if consistency:
-        settings = dict(config.mean_teacher if consistency[0] == "mean_teacher" else config.focalmix)
-        if consistency[0] == "focalmix":
-            settings.setdefault("mixup_alpha", 0.75)
+        part = consistency[0]
+        settings = {**TEACHER_PARTS[part], **getattr(config, part)}
         unlabelled_fraction = float(settings.pop("unlabelled_fraction", 0.5))
         callback = {"class_path": "nodule.training.mean_teacher.MeanTeacher", "init_args": settings}
         args.append(f"--trainer.callbacks+={json.dumps(callback)}")
         args.append(f"--data.init_args.unlabelled_fraction={unlabelled_fraction}")
         args.append("--data.init_args.teacher_views=true")
-    if {"pseudo_label", "mean_teacher", "focalmix"} & set(parts):
+    if ({"pseudo_label"} | set(TEACHER_PARTS)) & set(parts):
         args.append(f"--data.init_args.unlabelled_train={json.dumps(list(config.unlabelled_train))}")
     if "gan" in parts:
         if not config.gan.get("generator"):
