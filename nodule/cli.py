@@ -400,22 +400,32 @@ def ablation(
     ablation_config: Path,
     methods: list[str] | None = None,
     fractions: list[float] | None = None,
+    seed: int | None = None,
 ) -> None:
-    """Semi-supervision ablation: supervised, +pseudo-labels, +GAN, +both at the configured
-    labelled fractions, each in cross-validation and on the external sets; resumable arm by
-    arm; writes ablation.json, report.md and cpm_vs_fraction.png in the design's ``out``.
+    """Semi-supervision ablation: supervised against pseudo-labels, mean teacher, FocalMix,
+    mixup, GAN nodules and combinations at the configured labelled fractions, each in
+    cross-validation and on the external sets; resumable arm by arm; writes ablation.json,
+    report.md and cpm_vs_fraction.png in the design's ``out``.
 
     Usage: ``nodule ablation --config configs/ablation.yaml [--methods [supervised, gan]]
-    [--fractions [0.1, 1.0]]`` (``--config`` stands for ``--ablation_config``).
+    [--fractions [0.1, 1.0]] [--seed 1]`` (``--config`` stands for ``--ablation_config``).
 
     Args:
         ablation_config: the design (e.g. configs/ablation.yaml), given as --config.
         methods: run only these methods (default all); the summary covers every finished arm.
         fractions: run only these labelled fractions (default all).
+        seed: a replicate with this training seed instead of the design's (the same folds,
+            labelled scans and external sets), in ``<out>_seed<N>``: the spread between
+            replicates is the training noise that the bootstrap over scans does not hold.
     """
+    import dataclasses
+
     from nodule.evaluation.ablation import load_ablation_config, run_ablation
 
-    run_ablation(load_ablation_config(ablation_config), methods=methods, fractions=fractions)
+    config = load_ablation_config(ablation_config)
+    if seed is not None and seed != config.seed:
+        config = dataclasses.replace(config, seed=seed, out=config.out.with_name(f"{config.out.name}_seed{seed}"))
+    run_ablation(config, methods=methods, fractions=fractions)
 
 
 def report(runs: list[Path]) -> None:
