@@ -225,9 +225,16 @@ def test_ablation_design_and_report(tmp_path: Path) -> None:
     from nodule.evaluation.ablation import (
         arm_name,
         arm_overrides,
+        inserted_sets,
         load_ablation_config,
         report_markdown,
     )
+
+    for name, generator in (("ins", "nodule insert"), ("real", "real"), ("none", None)):
+        (tmp_path / name).mkdir()
+        if generator:
+            (tmp_path / name / "generator.json").write_text(json.dumps({"generator": generator}))
+    assert inserted_sets([tmp_path / n for n in ("ins", "real", "none")]) == [tmp_path / "ins"]
 
     design = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
     config = load_ablation_config(design)

@@ -186,6 +186,18 @@ def _comparison(
     }
 
 
+def inserted_sets(roots: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """The data sets made by ``nodule insert`` (their ``generator.json`` says so): nodules
+    inserted into real scans, pooled in the summary; real scans with their own findings
+    (e.g. ``real_lidc``) are not among them."""
+    out = []
+    for root in roots:
+        meta = root / "generator.json"
+        if meta.is_file() and json.loads(meta.read_text()).get("generator") == "nodule insert":
+            out.append(root)
+    return out
+
+
 def _verdict(gain: dict[str, Any]) -> str:
     n_scans, n_nodules = gain.get("n_scans"), gain.get("n_nodules")
     if (n_scans is not None and n_scans < MIN_SCANS) or (n_nodules is not None and n_nodules < MIN_NODULES):
@@ -206,7 +218,7 @@ def summarise(config: AblationConfig) -> dict[str, Any]:
     from nodule.evaluation.report import bootstrap_unit_for
 
     out: dict[str, Any] = {"arms": {}, "gains": {}, "goals": {}}
-    inserted = [p for p in config.external if (p / "generator.json").is_file() or "external" in p.name]
+    inserted = inserted_sets(config.external)
     sets: dict[str, list[Path]] = {"crossval": [config.data]}
     for p in config.external:
         sets[p.name] = [p]
