@@ -627,6 +627,11 @@ def run_crossval(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     runner = _Runner(config, tuple(overrides), run_dir, root, _logger_settings(config))
+    if runner.wandb is not None and runner.wandb.get("offline"):
+        # An offline logger asks W&B for offline mode through the environment when it
+        # starts; once an earlier wandb.init of this process (e.g. a finished fold's summary
+        # in a resumed ablation) has set W&B up, that comes too late and W&B goes online.
+        os.environ.setdefault("WANDB_MODE", "offline")
     common = {
         "config": config.read_text(),
         "overrides": list(overrides),
