@@ -84,7 +84,7 @@ def soft_focal_loss(
     logp = F.log_softmax(logits.float(), dim=-1)
     q = target.float()
     if q.ndim == 1:
-        q = torch.stack([1.0 - q, q], dim=-1)
+        q = two_class(q)
     focus = (1.0 - logp.exp()).clamp(min=0.0) ** gamma
     if alpha is not None:
         weights = torch.full((logits.shape[-1],), 1.0 - alpha, device=logits.device)
@@ -92,6 +92,12 @@ def soft_focal_loss(
         focus = focus * weights
     loss = -(q * focus * logp).sum(dim=-1)
     return loss if reduction == "none" else loss.mean()
+
+
+def two_class(probability: Tensor) -> Tensor:
+    """(B, 2) class distributions ``(1 - p, p)`` of (B,) nodule probabilities."""
+    p = probability.float()
+    return torch.stack([1.0 - p, p], dim=-1)
 
 
 def gather_objects(obj: Any) -> list[Any]:
@@ -244,29 +250,33 @@ class NoduleClassifier(pl.LightningModule):
         """Nodule probability (class 1) of logits."""
         return F.softmax(logits.float(), dim=-1)[:, 1]
 
-    def consistency_loss(self, logits: Tensor, teacher_probability: Tensor) -> Tensor:
-        """Mean squared difference between the model's class probabilities and a teacher's
-        nodule probabilities (Tarvainen & Valpola 2017), over the batch and both classes."""
+    @staticmethod
+    def consistency_loss(
+        logits: Tensor, teacher_probability: Tensor, reduction: Literal["mean", "none"] = "mean"
+    ) -> Tensor:
+        """Squared difference between the model's class probabilities and a teacher's nodule
+        probabilities (Tarvainen & Valpola 2017), averaged over both classes and (``mean``)
+        the batch; ``none``: per candidate."""
         student = F.softmax(logits.float(), dim=-1)
-        p = teacher_probability.float()
-        teacher = torch.stack([1.0 - p, p], dim=-1)
-        return F.mse_loss(student, teacher.detach())
+        squared = ((student - two_class(teacher_probability).detach()) ** 2).mean(dim=-1)
+        return squared if reduction == "none" else squared.mean()
 
-    def mixed_loss(self, logits: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def mixed_loss(
+        self, logits: Tensor, batch: dict[str, Tensor], weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Supervised and consistency losses of a mixed batch (FocalMix; see
         :class:`~nodule.training.mean_teacher.MeanTeacher`): the configured loss against the
-        soft ``mix_target`` for rows whose main part is labelled (``mix_labelled``), the mean
-        squared difference of probabilities for the others; both summed over rows / B."""
+        soft ``mix_target`` for rows whose main part is labelled (``mix_labelled``), weighted
+        by ``weight`` (B,) if given, and :meth:`consistency_loss` for the others; both summed
+        over rows / B."""
         q = batch["mix_target"].float()
         labelled = batch["mix_labelled"].bool()
         gamma = self.focal_gamma if self.loss_name == "focal" else 0.0
         alpha = self.focal_alpha if self.loss_name == "focal" else None
         supervised = soft_focal_loss(logits, q, gamma, alpha, reduction="none")
-        weight = self.sample_weights(batch)
         if weight is not None:
             supervised = supervised * weight
-        student = F.softmax(logits.float(), dim=-1)
-        squared = ((student - torch.stack([1.0 - q, q], dim=-1)) ** 2).mean(dim=-1)
+        squared = self.consistency_loss(logits, q, reduction="none")
         n = max(1, logits.shape[0])
         return (supervised * labelled).sum() / n, (squared * ~labelled).sum() / n
 
@@ -278,10 +288,8 @@ class NoduleClassifier(pl.LightningModule):
         bs = target.shape[0]
         consistency: Tensor | None = None
         if prefix == "train" and "mix_target" in batch:
-            loss, consistency = self.mixed_loss(logits, batch)
-        elif bool(labelled.all()):
-            loss = self.compute_loss(logits, target, weight)
-        elif bool(labelled.any()):
+            loss, consistency = self.mixed_loss(logits, batch, weight)
+        elif bool(labelled.any()):  # the mean over the labelled rows, times their share
             part = None if weight is None else weight[labelled]
             loss = self.compute_loss(logits[labelled], target[labelled], part) * (
                 labelled.float().mean()
