@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from nodule.data.layout import read_generator
 from nodule.data.luna16 import read_annotations, read_excluded, read_submission
 from nodule.paths import write_text_atomic
 
@@ -190,12 +191,7 @@ def inserted_sets(roots: tuple[Path, ...] | list[Path]) -> list[Path]:
     """The data sets made by ``nodule insert`` (their ``generator.json`` says so): nodules
     inserted into real scans, pooled in the summary; real scans with their own findings
     (e.g. ``real_lidc``) are not among them."""
-    out = []
-    for root in roots:
-        meta = root / "generator.json"
-        if meta.is_file() and json.loads(meta.read_text()).get("generator") == "nodule insert":
-            out.append(root)
-    return out
+    return [root for root in roots if (read_generator(root) or {}).get("generator") == "nodule insert"]
 
 
 def _verdict(gain: dict[str, Any]) -> str:
