@@ -73,8 +73,7 @@ class SolidConfig:
 _NEIGHBOURS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
 
 
-def inner_voxels(mask: np.ndarray) -> np.ndarray:
-    """``mask`` without its voxels on the border of the grid."""
+def _inner(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     out[[0, -1]] = False
     out[:, [0, -1]] = False
@@ -137,7 +136,7 @@ def detect_solid(
         Detections (:data:`~nodule.candidates.features.DETECTION_COLUMNS`), best first.
     """
     sp = np.asarray(spacing_zyx, dtype=np.float64)
-    evaluate = inner_voxels(lung) & (array > config.min_hu)
+    evaluate = _inner(lung) & (array > config.min_hu)
     index = np.flatnonzero(evaluate)
     blob = blob_response(array, index, spacing_zyx, config.sigmas_mm, smoothed=smoothed)
     peaks = local_maxima(blob.response.astype(np.float32), index, array.shape)

@@ -47,20 +47,6 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    thresholds from ``faint_contrast_hu`` in steps of ``faint_step_hu`` and rims within
    one half-resolution voxel of a voxel denser than ``high_hu``; the best
    ``faint_candidates`` not within the radius of a candidate of the first passes are added.
-7. Blob pass (``blob_candidates`` > 0): a small ground-glass nodule (3-6 mm, 50-100 HU over
-   the lung) never exceeds the faint pass's contrast over a region large enough, and
-   beside a fissure its rims strip it from the band. Its shape still tells it: the
-   scale-normalised Hessian blob measure of the solid detector
-   (:func:`~nodule.candidates.hessian.blob_response`, scales ``blob_sigmas_mm``), here at
-   the lung voxels whose density smoothed to ``blob_smooth_mm`` lies in
-   ``(blob_low_hu, blob_high_hu]`` and exceeds the local background (step 1's map) by at
-   least ``blob_min_contrast_hu``. Local maxima from ``blob_min_response`` are scored
-   ``1 - exp(-response / blob_scale_hu)`` times the eigenvalue ratio, suppressed within
-   their radius (``sqrt(3)`` times the best scale, at least 3 mm), and the best
-   ``blob_candidates`` are added with the features of their region above ``blob_low_hu``
-   (on the smoothed copy, inside the lungs); the merge and the ranker weigh them against
-   the other detections. Like the solid detector, the pass answers at the blunt end of a
-   tube (a half ball), not along it.
 """
 
 from __future__ import annotations
@@ -72,20 +58,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from nodule.candidates.features import (
-    detections_frame,
-    elongation,
-    equivalent_diameter,
-    region_features,
-)
-from nodule.candidates.hessian import (
-    BlobResponse,
-    SmoothingCache,
-    blob_response,
-    half_smoothed,
-    smoothed_copy,
-)
-from nodule.candidates.solid import inner_voxels, suppress
+from nodule.candidates.features import detections_frame, elongation, equivalent_diameter
+from nodule.candidates.hessian import SmoothingCache, half_smoothed, smoothed_copy
+from nodule.candidates.solid import suppress
 
 
 @dataclass(frozen=True)
@@ -124,14 +99,6 @@ class SubsolidConfig:
         faint_low_hu: lower end of the faint pass's band.
         faint_contrast_hu: smallest excess over the background in the faint pass, HU.
         faint_step_hu: step between the faint pass's contrast thresholds, HU.
-        blob_candidates: up to this many of the blob pass are added (0: no blob pass).
-        blob_sigmas_mm: Gaussian scales of the blob pass's Hessian measure, mm.
-        blob_smooth_mm: smoothing of the density that selects the blob pass's voxels, mm.
-        blob_low_hu: the blob pass evaluates lung voxels denser than this (smoothed),
-        blob_high_hu: not denser than this,
-        blob_min_contrast_hu: and at least this far above the local lung background, HU.
-        blob_min_response: smallest blob response of a blob-pass candidate, HU.
-        blob_scale_hu: response scale of the blob pass's score, HU.
     """
 
     smooth_mm: float = 1.0
@@ -162,14 +129,6 @@ class SubsolidConfig:
     faint_low_hu: float = -850.0
     faint_contrast_hu: float = 50.0
     faint_step_hu: float = 30.0
-    blob_candidates: int = 200
-    blob_sigmas_mm: tuple[float, ...] = (1.5, 2.25, 3.4)
-    blob_smooth_mm: float = 1.5
-    blob_low_hu: float = -800.0
-    blob_high_hu: float = -350.0
-    blob_min_contrast_hu: float = -np.inf
-    blob_min_response: float = 15.0
-    blob_scale_hu: float = 60.0
 
 
 def ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -449,80 +408,6 @@ def _faint_candidates(
     return rows
 
 
-def _blob_peaks(
-    array: np.ndarray, evaluate: np.ndarray, spacing_zyx: Sequence[float], config: SubsolidConfig, smoothed: SmoothingCache | None
-) -> BlobResponse:
-    """Peaks of the blob measure among the ``evaluate`` voxels (not on the border): local maxima
-    on the lattice of even voxels (a 3 x 3 x 3 lattice neighbourhood: 2 mm apart at 1 mm, eight
-    times fewer voxels than every one), each moved to the best voxel of its full-resolution
-    3 x 3 x 3 neighbourhood, from ``blob_min_response``."""
-    index = np.flatnonzero(evaluate)
-    zyx = np.unravel_index(index, array.shape)
-    even = (zyx[0] % 2 == 0) & (zyx[1] % 2 == 0) & (zyx[2] % 2 == 0)
-    lattice = blob_response(array, index[even], spacing_zyx, config.blob_sigmas_mm, smoothed=smoothed)
-    grid = np.zeros([(n + 1) // 2 for n in array.shape], dtype=np.float32)
-    at = tuple(v[even] // 2 for v in zyx)
-    grid[at] = lattice.response
-    peak = grid[at] >= ndi.maximum_filter(grid, size=3)[at]  # both float32
-    # the lattice misses a peak by up to one voxel: a slightly lower threshold before refining
-    peak &= lattice.response >= 0.75 * config.blob_min_response
-    _, ny, nx = array.shape
-    offsets = np.array([dz * ny * nx + dy * nx + dx for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    near = lattice.index[peak][:, None] + offsets[None, :]
-    valid = evaluate.ravel()[near]
-    voxels, where = np.unique(near[valid], return_inverse=True)
-    fine = blob_response(array, voxels, spacing_zyx, config.blob_sigmas_mm, smoothed=smoothed)
-    response = np.full(near.shape, -1.0)
-    response[valid] = fine.response[where]
-    where_best = np.full(near.shape, -1, dtype=np.int64)
-    where_best[valid] = where
-    best = where_best[np.arange(len(near)), np.argmax(response, axis=1)]
-    best = np.unique(best[fine.response[best] >= config.blob_min_response])
-    return BlobResponse(voxels[best], fine.response[best], fine.sigma_mm[best], fine.ratio[best])
-
-
-def _blob_candidates(
-    array: np.ndarray,
-    lung: np.ndarray,
-    sp: np.ndarray,
-    blocks: np.ndarray,
-    factors: tuple[int, int, int],
-    config: SubsolidConfig,
-    smoothed: SmoothingCache | None,
-) -> list[Row]:
-    """Step 7 of the module docstring: blob pass rows (centres in voxels), best first."""
-    spacing_zyx = tuple(float(v) for v in sp)
-    smooth = smoothed_copy(array, config.blob_smooth_mm, spacing_zyx, smoothed)
-    evaluate = inner_voxels(lung) & (smooth > config.blob_low_hu) & (smooth <= config.blob_high_hu)
-    if config.blob_min_contrast_hu > -np.inf:
-        idx = np.nonzero(evaluate)
-        evaluate[tuple(i[smooth[idx] - sample_blocks(blocks, factors, idx) < config.blob_min_contrast_hu] for i in idx)] = False
-    blob = _blob_peaks(array, evaluate, spacing_zyx, config, smoothed)
-    if blob.index.size == 0:
-        return []
-    score = (1.0 - np.exp(-blob.response / config.blob_scale_hu)) * blob.ratio
-    zyx = np.column_stack(np.unravel_index(blob.index, array.shape)).astype(np.float64)
-    radius = np.sqrt(3.0) * blob.sigma_mm
-    order = np.argsort(-score, kind="stable")
-    kept = suppress(zyx * sp, order, np.maximum(3.0, radius))[: config.blob_candidates]
-    rows = []
-    for i in kept:
-        f = region_features(smooth, spacing_zyx, zyx[i], 1.5 * radius[i], config.blob_low_hu, allowed=lung)
-        rows.append(
-            {
-                "z": zyx[i, 0],
-                "y": zyx[i, 1],
-                "x": zyx[i, 2],
-                "score": float(score[i]),
-                "diameter_mm": f.diameter_mm if f.volume_mm3 > 0 else float(2.0 * radius[i]),
-                "volume_mm3": f.volume_mm3,
-                "mean_hu": f.mean_hu,
-                "elongation": f.elongation,
-            }
-        )
-    return rows
-
-
 def _far_from(rows: list[Row], others: list[Row], sp: np.ndarray, min_reach_mm: float) -> list[Row]:
     """The ``rows`` not within the radius (at least ``min_reach_mm``) of any of ``others``."""
     if not rows or not others:
@@ -586,7 +471,5 @@ def detect_subsolid(
     if config.faint_candidates > 0:
         faint = _far_from(_faint_candidates(array, lung, config, spacing_zyx, smoothed), rows, sp, config.min_diameter_mm / 2)
         rows = rows + faint[: config.faint_candidates]
-    if config.blob_candidates > 0:
-        rows = rows + _blob_candidates(array, lung, sp, blocks, factors, config, smoothed)
     rows.sort(key=lambda r: -r["score"])
     return detections_frame(rows, "subsolid")
