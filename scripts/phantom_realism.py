@@ -4,8 +4,10 @@ For every real scan named by ``--real`` (default: all four shared real scans,
 ``$NODULE_DATA/real_ct/*``) generates ``--n`` phantoms (``full`` preset) with that scan's
 settings: its slice thickness, pixel spacing and matrix, the phantom kernel whose noise
 power spectrum is closest to the real scan's (soft, standard or sharp; the choice is
-printed and written with the table), and the noise SD estimated from the real scan's
-subcutaneous fat. The lungs of every scan, real and synthetic, are segmented with the
+printed and written with the table), the noise SD estimated from the real scan's
+subcutaneous fat and the ratio of air noise to body noise estimated from its air (the
+phantom's noise in air outside the body, clipped at -1024 HU as the real scan's, matches
+the real one's). The lungs of every scan, real and synthetic, are segmented with the
 same method (:func:`nodule.lung.segment_lungs`) and compared:
 
 * lung volume (l); the real one should lie inside the phantoms' range;
@@ -266,6 +268,25 @@ def estimate_noise(real: Volume, real_lung: np.ndarray, kernel: Kernel) -> float
     return target / float(_residual(unit).std())
 
 
+def estimate_air_noise(real_air_hu: float, noise_hu: float, kernel: Kernel, ps: float, matrix: int) -> float:
+    """Air noise ratio for the phantom: its noise in air (-1000 HU plus noise of SD
+    ``ratio x noise_hu``, rounded and clipped at -1024 HU, measured as the real air's)
+    matches the real air's; 1 when even stationary noise is not enough."""
+    unit = unit_noise(kernel, ps, matrix)
+
+    def measured(ratio: float) -> float:
+        a = np.clip(np.rint(-1000.0 + unit * ratio * noise_hu), -1024, None).astype(np.float32)
+        return float(_residual(a)[a > -1024].std())
+
+    if not np.isfinite(real_air_hu) or measured(1.0) <= real_air_hu:
+        return 1.0
+    lo, hi = 0.05, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if measured(mid) < real_air_hu else (lo, mid)
+    return round(0.5 * (lo + hi), 3)
+
+
 def _target(kind: str, real: float, vals: np.ndarray) -> tuple[str, str, str]:
     mean = float(np.nanmean(vals))
     if kind == "range":
@@ -374,17 +395,20 @@ def compare(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         ps, matrix = real.spacing[0], real.shape[1]
         kernel, scores = closest_kernel((real_m["nps_peak_cpmm"], real_m["nps_nyquist_ratio"]), ps, matrix)
         noise = estimate_noise(real, real_lung, kernel)
-        rec = {"metrics": real_m, "hist": real_h.tolist(), "kernel": kernel, "kernel_scores": scores, "noise_hu": noise}
+        air = estimate_air_noise(real_m["noise_air_hu"], noise, kernel, ps, matrix)
+        rec = {"metrics": real_m, "hist": real_h.tolist(), "kernel": kernel, "kernel_scores": scores, "noise_hu": noise,
+               "air_noise": air}
         _save(real_file, rec)
     real_m, real_h = rec["metrics"], np.asarray(rec["hist"])
-    kernel, noise = rec["kernel"], float(rec["noise_hu"])
+    kernel, noise, air = rec["kernel"], float(rec["noise_hu"]), float(rec["air_noise"])
     st = float(real.info.slice_thickness or real.spacing[2])
-    settings: dict[str, Any] = {"slice_thickness": st, "kernel": kernel, "noise": noise}
+    settings: dict[str, Any] = {"slice_thickness": st, "kernel": kernel, "noise": noise, "air_noise": air}
     # the small preset keeps its own coarse pixels (its 128 x 128 matrix at a real scan's
     # 0.56-0.84 mm would cover only 72-108 mm); the full preset takes all the real settings
     if args.preset == "full":
         settings["pixel_spacing"] = float(real.spacing[0])
-    print(f"{name}: {describe(real)}; phantom kernel {kernel} (NPS scores {rec['kernel_scores']}), noise SD {noise:.1f} HU")
+    print(f"{name}: {describe(real)}; phantom kernel {kernel} (NPS scores {rec['kernel_scores']}), noise SD {noise:.1f} HU, "
+          f"air noise ratio {air:.3f}")
     phantoms: list[dict[str, float]] = []
     for i in range(args.n):
         pkey = hashlib.sha256(f"{key}|{args.seed}|{i}|{args.preset}|{sorted(settings.items())}".encode()).hexdigest()[:16]
@@ -439,8 +463,8 @@ def main() -> None:
         f"Phantoms: {args.n} `{args.preset}` scans per real scan (seed {args.seed}, indices 0-{args.n - 1}), each made "
         "with the real scan's slice thickness, "
         + ("pixel spacing and matrix, " if args.preset == "full" else "(the small preset's own pixels), ")
-        + "the phantom kernel whose noise power spectrum is closest to the real one's and the noise SD estimated "
-        "from the real scan's subcutaneous fat. Lung masks of all: `nodule.lung.segment_lungs`. "
+        + "the phantom kernel whose noise power spectrum is closest to the real one's, the noise SD estimated "
+        "from the real scan's subcutaneous fat and the ratio of air noise to body noise estimated from its air. Lung masks of all: `nodule.lung.segment_lungs`. "
         "Targets: +-25 % (relative rows), +-50 HU (HU rows), on the mean of the phantoms.\n\n"
         f"`{cmd}`\n"
     ]
@@ -456,7 +480,7 @@ def main() -> None:
         pic = f"\n![{r['name']}: real above, phantom 0 below](images/realism_{r['name']}.png)\n" if args.images else ""
         parts.append(
             f"## {r['name']}\n\nReal: {r['describe']}. Phantoms: {s['slice_thickness']:g} mm slices, {px}"
-            f"kernel `{r['kernel']}`, noise SD {r['noise_hu']:.1f} HU.\n\n{r['table']}\n{pic}"
+            f"kernel `{r['kernel']}`, noise SD {r['noise_hu']:.1f} HU, air noise ratio {s['air_noise']:.2f}.\n\n{r['table']}\n{pic}"
         )
     text = "\n".join(parts)
     if args.out:

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from nodule.data import anatomy as an
 from nodule.data.phantom import PRESETS, PhantomScan, _findings, _structures, generate_phantom
-from nodule.data.scanner import kernel_mtf, noise_filter
+from nodule.data.scanner import ScannerSettings, apply_scanner, kernel_mtf, noise_filter, noise_scale, sample_scanner
 from nodule.data.vessels import capsule_distance, grow_tree, paint_capsules
 
 SEEDS = range(6)
@@ -108,6 +108,60 @@ def test_noise_filter_has_unit_variance_and_sharp_kernel_passes_more_detail() ->
         assert noise.std() == pytest.approx(1.0, rel=0.05)
     soft, sharp = kernel_mtf("soft", (256, 256), 0.7), kernel_mtf("sharp", (256, 256), 0.7)
     assert sharp[0, 80] > soft[0, 80] and sharp.max() > 1.0  # edge enhancement
+
+
+def _nps_profile(kernel: str, ps: float, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Radial noise power spectrum of a kernel (cycles/mm, power) up to the Nyquist frequency."""
+    g = noise_filter(kernel, (n, n), ps)  # type: ignore[arg-type]
+    fy, fx = np.fft.fftfreq(n, d=ps)[:, None], np.fft.rfftfreq(n, d=ps)[None, :]
+    f = np.sqrt(fx * fx + fy * fy).ravel()
+    edges = np.linspace(0.0, 0.5 / ps, 9)
+    idx = np.digitize(f, edges)
+    power = np.array([(g.ravel() ** 2)[idx == i].mean() for i in range(1, 9)])
+    return 0.5 * (edges[1:] + edges[:-1]), power
+
+
+def test_kernels_match_the_real_scanners_noise_spectra() -> None:
+    # soft: GE STANDARD (LIDC-IDRI, 0.7 mm pixels): peak near 0.22 cycles/mm, a tenth of it at Nyquist
+    f, power = _nps_profile("soft", 0.7)
+    assert 0.15 < f[int(np.argmax(power))] < 0.3
+    assert power[-1] / power.max() < 0.1
+    # standard: Philips L (0.84 mm pixels): peak near 0.48 cycles/mm, still most of it at Nyquist
+    f, power = _nps_profile("standard", 0.842)
+    assert 0.35 < f[int(np.argmax(power))] < 0.55
+    assert 0.45 < power[-1] / power.max() < 0.85
+    # sharp: B70f (0.56 mm pixels): a third of the peak at Nyquist
+    f, power = _nps_profile("sharp", 0.564)
+    assert f[int(np.argmax(power))] > 0.4 and 0.15 < power[-1] / power.max() < 0.4
+
+
+def test_noise_is_lower_in_air_away_from_the_body() -> None:
+    hu = np.full((4, 200, 200), -1000.0, np.float32)
+    yy, xx = np.mgrid[:200, :200]
+    body = (yy - 100) ** 2 + (xx - 100) ** 2 < 60**2
+    lung = (yy - 100) ** 2 + (xx - 100) ** 2 < 35**2  # air enclosed by tissue: the body's noise
+    hu[:, body] = 40.0
+    hu[:, lung] = -850.0
+    scale = noise_scale(hu, 0.5, 0.8)
+    assert scale[:, lung].min() == pytest.approx(1.0) and scale[:, body].min() > 0.95
+    assert scale[:, :10, :10].max() == pytest.approx(0.5, abs=0.01)
+    settings = ScannerSettings(1.0, 1.0, 0.8, 200, "sharp", 30.0, air_noise=0.5)
+    noisy = apply_scanner(hu.copy(), settings, np.random.default_rng(0))
+    clean = apply_scanner(hu.copy(), ScannerSettings(1.0, 1.0, 0.8, 200, "sharp", 1e-6), np.random.default_rng(0))
+    noise = noisy - clean
+    inside, corner = noise[:, 90:110, 90:110].std(), noise[:, :25, :25].std()
+    assert inside == pytest.approx(30.0, rel=0.3)
+    assert corner / inside == pytest.approx(0.5, rel=0.2)
+
+
+def test_air_noise_is_drawn_for_full_scans_and_can_be_fixed() -> None:
+    rng = np.random.default_rng(0)
+    draws = [sample_scanner(rng, 512, 330.0).air_noise for _ in range(50)]
+    assert min(draws) >= 0.45 and max(draws) <= 1.0 and np.ptp(draws) > 0.3
+    assert sample_scanner(rng, 128, 330.0, small=True).air_noise == 1.0
+    assert sample_scanner(rng, 512, 330.0, air_noise=0.6).air_noise == 0.6
+    with pytest.raises(ValueError, match="air_noise"):
+        sample_scanner(rng, 512, 330.0, air_noise=0.0)
 
 
 def test_capsules_render_with_partial_volume() -> None:

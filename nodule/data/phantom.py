@@ -65,7 +65,10 @@ from nodule.data.vessels import (
 )
 from nodule.io import FILL_HU, SeriesInfo, Volume, equivalent_diameter
 
-GENERATOR_VERSION = "0.2.0"  # 0.2.0: FOV-fitted body, placement off large vessels, arms, heart chambers, mediastinal fat
+# 0.2.0: FOV-fitted body, placement off large vessels, arms, heart chambers, mediastinal fat
+# 0.3.0: kernels fitted to the GE STANDARD and Philips L noise spectra, lower noise in air,
+#        thinner chest wall, smaller lungs possible, vessel leaves 6 mm inside the pleura
+GENERATOR_VERSION = "0.3.0"
 Preset = Literal["small", "full"]
 Attachment = Literal["isolated", "juxtavascular", "juxtapleural", "perifissural"]
 FindingKind = Literal["nodule", "small_nodule", "non_nodule"]
@@ -111,6 +114,8 @@ class PresetSpec:
         r_leaf: radius of terminal vessels, mm.
         leaves: territory points per vessel tree.
         bronchus_min_radius: smallest artery radius that gets a bronchus beside it, mm.
+        leaf_gap_mm: the vessel trees' territory points (their leaves) lie at least this far
+            inside the pleura, mm (peripheral vessels fade below CT resolution).
         fine_dz: largest sub-slice spacing for tubes (vessels, airways, ribs), mm.
         bg_dz: largest sub-slice spacing for the smooth background, mm.
         max_slices: most slices of a scan.
@@ -120,14 +125,15 @@ class PresetSpec:
     r_leaf: float
     leaves: int
     bronchus_min_radius: float
+    leaf_gap_mm: float
     fine_dz: float
     bg_dz: float
     max_slices: int
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "full": PresetSpec(512, 0.4, 1900, 1.0, 0.75, 2.0, 400),
-    "small": PresetSpec(128, 0.9, 170, 2.0, 1.5, 3.0, 64),
+    "full": PresetSpec(512, 0.4, 1900, 1.0, 6.0, 0.75, 2.0, 400),
+    "small": PresetSpec(128, 0.9, 170, 2.0, 1.0, 1.5, 3.0, 64),
 }
 
 
@@ -312,8 +318,8 @@ def _structures(plan: an.BodyPlan, spec: PresetSpec, rng: np.random.Generator, z
         s = int(side)
         art_root = np.array([cx + side * (mw + 10.0), cy + 0.02 * plan.half_depth_back, zc - 14.0 + (4.0 if s > 0 else 0.0)])
         vein_root = np.array([cx + side * (mw + 8.0), cy - 0.12 * plan.half_depth_front, zc - 42.0])
-        pts_a = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-1.0)
-        pts_v = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-1.0)
+        pts_a = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
+        pts_v = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
         art = grow_tree(art_root, pts_a, spec.r_leaf, rng)
         vein = grow_tree(vein_root, pts_v, spec.r_leaf, rng)
         for t in (art, vein):
@@ -786,6 +792,7 @@ def generate_phantom(
     noise: float | None = None,
     shape_bank: ShapeBank | None = None,
     series_uid: str | None = None,
+    air_noise: float | None = None,
 ) -> PhantomScan:
     """Generate one synthetic chest CT with its findings.
 
@@ -806,6 +813,8 @@ def generate_phantom(
         shape_bank: LIDC nodule shapes (``load_shape_bank("synth")``); None draws
             lobulated ellipsoids.
         series_uid: the SeriesInstanceUID; default :func:`default_series_uid`.
+        air_noise: fix the noise SD in air outside the body relative to the body's
+            (:class:`~nodule.data.scanner.ScannerSettings`).
 
     Returns:
         The phantom scan.
@@ -819,7 +828,7 @@ def generate_phantom(
     scanner = sample_scanner(
         r_scan, spec.matrix, 2 * plan.half_width, small=preset == "small",
         slice_thickness=slice_thickness, pixel_spacing=pixel_spacing, kernel=kernel, noise_hu=noise,
-        min_thickness=(plan.lung_height + 30.0) / spec.max_slices,
+        min_thickness=(plan.lung_height + 30.0) / spec.max_slices, air_noise=air_noise,
     )
     ps, dz = scanner.pixel_spacing, scanner.slice_spacing
     n = spec.matrix
