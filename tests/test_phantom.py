@@ -8,7 +8,14 @@ from scipy import ndimage
 
 from nodule.data import anatomy as an
 from nodule.data.phantom import PRESETS, PhantomScan, _findings, _structures, generate_phantom
-from nodule.data.scanner import ScannerSettings, apply_scanner, kernel_mtf, noise_filter, noise_scale, sample_scanner
+from nodule.data.scanner import (
+    ScannerSettings,
+    apply_scanner,
+    kernel_mtf,
+    noise_filter,
+    noise_scale,
+    sample_scanner,
+)
 from nodule.data.vessels import capsule_distance, grow_tree, paint_capsules
 
 SEEDS = range(6)
