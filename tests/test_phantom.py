@@ -14,6 +14,7 @@ from nodule.data.scanner import (
     kernel_mtf,
     noise_filter,
     noise_scale,
+    radial_frequency,
     sample_scanner,
 )
 from nodule.data.vessels import capsule_distance, grow_tree, paint_capsules
@@ -120,8 +121,7 @@ def test_noise_filter_has_unit_variance_and_sharp_kernel_passes_more_detail() ->
 def _nps_profile(kernel: str, ps: float, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Radial noise power spectrum of a kernel (cycles/mm, power) up to the Nyquist frequency."""
     g = noise_filter(kernel, (n, n), ps)  # type: ignore[arg-type]
-    fy, fx = np.fft.fftfreq(n, d=ps)[:, None], np.fft.rfftfreq(n, d=ps)[None, :]
-    f = np.sqrt(fx * fx + fy * fy).ravel()
+    f = radial_frequency((n, n), ps).ravel()
     edges = np.linspace(0.0, 0.5 / ps, 9)
     idx = np.digitize(f, edges)
     power = np.array([(g.ravel() ** 2)[idx == i].mean() for i in range(1, 9)])

@@ -142,12 +142,17 @@ def sample_scanner(
     )
 
 
+def radial_frequency(shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
+    """Radial spatial frequency (cycles/mm) on the ``rfft2`` grid of a slice ((ny, nx//2+1), float64)."""
+    fy = np.fft.fftfreq(shape_yx[0], d=pixel_spacing)[:, None]
+    fx = np.fft.rfftfreq(shape_yx[1], d=pixel_spacing)[None, :]
+    return np.asarray(np.sqrt(fx * fx + fy * fy))
+
+
 def kernel_mtf(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
     """The kernel's MTF on the ``rfft2`` frequency grid of a slice (float32, (ny, nx//2+1))."""
     s, e, p = _MTF[kernel]
-    fy = np.fft.fftfreq(shape_yx[0], d=pixel_spacing)[:, None]
-    fx = np.fft.rfftfreq(shape_yx[1], d=pixel_spacing)[None, :]
-    f = np.sqrt(fx * fx + fy * fy)
+    f = radial_frequency(shape_yx, pixel_spacing)
     h = np.exp(-0.5 * (f / s) ** p) * (1.0 + e * (f / s) ** 2)
     return np.asarray(h, np.float32)
 
@@ -155,9 +160,7 @@ def kernel_mtf(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) 
 def noise_filter(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
     """Amplitude filter sqrt(NPS) for white noise, normalised to unit output variance."""
     h = kernel_mtf(kernel, shape_yx, pixel_spacing).astype(np.float64)
-    fy = np.fft.fftfreq(shape_yx[0], d=pixel_spacing)[:, None]
-    fx = np.fft.rfftfreq(shape_yx[1], d=pixel_spacing)[None, :]
-    f = np.sqrt(fx * fx + fy * fy)
+    f = radial_frequency(shape_yx, pixel_spacing)
     nps = (f + 0.05 * 0.5 / pixel_spacing) * h * h
     # variance of filtered unit white noise = mean of |G|^2 over the full (two-sided) grid
     w = np.full(nps.shape, 2.0)
@@ -195,13 +198,14 @@ def apply_scanner(
         spec = sfft.rfft2(block, workers=1)
         shape = spec.shape
         noise = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)
+        noise_spec = noise.astype(np.complex64) * amp
         spec *= mtf
-        if settings.air_noise >= 1.0:
-            spec += noise.astype(np.complex64) * amp
+        if settings.air_noise >= 1.0:  # stationary noise: one inverse transform
+            spec += noise_spec
             hu[z0 : z0 + chunk] = sfft.irfft2(spec, s=shape_yx, workers=1)
             continue
         scale = noise_scale(block, settings.air_noise, settings.pixel_spacing)
-        field = sfft.irfft2(noise.astype(np.complex64) * amp, s=shape_yx, workers=1)
+        field = sfft.irfft2(noise_spec, s=shape_yx, workers=1)
         hu[z0 : z0 + chunk] = sfft.irfft2(spec, s=shape_yx, workers=1) + field * scale
     return hu
 
