@@ -21,9 +21,19 @@ evaluation can refuse data the ranker saw.
    trained on every training subset.
 4. With ``--leave-one-set-out``: for each set, a ranker trained on the other sets is
    scored on it (nodules kept of those in its pool, and with the detector scores).
+5. With ``--compare NAME...``: the new ranker and the shipped one (``nodule/candidates/ranker.json``)
+   are scored on the val and test subsets of those data sets (nodules kept at the stage's
+   ``max_per_scan``). With ``--sets NAME...`` the ranker learns from those data sets' train
+   subsets instead of the split's learner (an experiment: ``--out`` must then be given).
 
     .venv/bin/python scripts/train_candidate_ranker.py --cache ~/.cache/nodule/ranker \\
         --out nodule/candidates/ranker.json --hidden 16 --leave-one-set-out
+
+A ranker of current data compared with the shipped one (session 12, docs/results.md)::
+
+    .venv/bin/python scripts/train_candidate_ranker.py --cache ~/.cache/nodule/ranker \
+        --sets train_seed6100 train_cptac_seed0 train_a0001_seed0 --validate \
+        --compare train_seed6100 heldout_seed9300 --out /tmp/ranker_s12.json
 """
 
 from __future__ import annotations
@@ -116,6 +126,35 @@ def leave_one_set_out(
     return out
 
 
+def compare_rankers(
+    split: Any, names: list[str], sets_dir: Path | None, cache: Path, config: CandidateConfig, jobs: int,
+    ranker: Any, trained_uids: set[str],
+) -> dict[str, dict[str, int]]:
+    """Nodules kept at ``max_per_scan`` by ``ranker`` and by the shipped ranker on the val and
+    test subsets of the data sets ``names`` (which it must not have trained on)."""
+    from nodule.candidates.ranker import load_ranker
+
+    shipped = load_ranker(None)
+    out: dict[str, dict[str, int]] = {}
+    for name in names:
+        root = (sets_dir.expanduser() / name) if sets_dir else dataset_root(name)
+        check_dataset_folder(split, name, root)
+        entry = split.dataset(name)
+        folds = sorted(entry.folds("val") + entry.folds("test"))
+        if not folds:
+            raise SystemExit(f"--compare {name}: the data set has no val or test subsets in {split.path}")
+        pool = build_pool(root, cache / name, config, jobs, folds)
+        seen = sorted(set(pool["seriesuid"]) & trained_uids)
+        if seen:
+            raise SystemExit(f"--compare {name}: {len(seen)} of its scans trained the new ranker (e.g. {seen[0]})")
+        annotations = read_annotations(root / "annotations.csv")
+        new = sensitivity(pool, ranker.score(pool), annotations, config)
+        old = sensitivity(pool, shipped.score(pool), annotations, config)
+        out[name] = {"subsets": folds, "nodules": new[1], "new_ranker": new[0], "shipped_ranker": old[0]}  # type: ignore[dict-item]
+        print(f"compare on {name} subsets {folds}: new ranker {new[0]}/{new[1]}, shipped ranker {old[0]}/{old[1]}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split description")
@@ -129,10 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--leave-one-set-out", action="store_true", help="score each set with a ranker of the others")
+    parser.add_argument("--sets", nargs="+", default=None, help="learn from these data sets (default: the split's learner)")
+    parser.add_argument("--compare", nargs="+", default=[], help="score new and shipped ranker on these sets' val/test subsets")
     args = parser.parse_args(argv)
-
     split = load_split(args.split)
-    names = list(split.learners.get("ranker", ()))
+    if args.sets and args.out == parser.get_default("out"):
+        raise SystemExit("--sets trains an experimental ranker: give --out (the shipped one learns from the split's learner)")
+    names = list(args.sets or split.learners.get("ranker", ()))
     if not names:
         raise SystemExit(f"{split.path}: the learner 'ranker' trains on no data set")
     roots = [(args.sets_dir.expanduser() / n) if args.sets_dir else dataset_root(n) for n in names]
@@ -186,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.leave_one_set_out:
         info["leave_one_set_out"] = leave_one_set_out(pool, y, weights, roots, config, fit)
     ranker = fit_ranker(pool, y, weights=weights, **fit)
+    if args.compare:
+        info["compare"] = compare_rankers(split, args.compare, args.sets_dir, args.cache, config, args.jobs, ranker, set(uids))
     ranker.info.update(info)
     ranker.info["trained_on_uids"] = uids
     ranker.to_json(args.out)
