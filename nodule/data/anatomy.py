@@ -104,7 +104,7 @@ class BodyPlan:
 def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
     """Draw an adult's proportions over a plausible range.
 
-    Body width 270-370 mm, depth 190-320 mm, lung height 205-305 mm (total lung
+    Body width 270-370 mm, depth 190-320 mm, lung height 205-355 mm (total lung
     volume about 3-7 l), fat 4-35 mm, pectoral muscle 4-16 mm; arms down beside the
     chest with probability 0.35 (else raised, out of the scan).
 
@@ -119,7 +119,7 @@ def sample_body_plan(rng: np.random.Generator, z_base: float = 0.0) -> BodyPlan:
     half_width = 135.0 + 50.0 * size + float(rng.normal(0, 6))
     depth = 2 * half_width * float(rng.uniform(0.72, 0.86))
     fat = float(np.clip(rng.gamma(2.5, 3.5) * (0.6 + size), 4.0, 35.0))
-    lung_height = float(rng.uniform(205.0, 305.0))
+    lung_height = float(rng.uniform(205.0, 355.0))
     contrast = bool(rng.uniform() < 0.5)
     heart_scale = float(rng.uniform(0.85, 1.15))
     heart_axes = (60.0 * heart_scale, 48.0 * heart_scale, 54.0 * heart_scale)

@@ -68,7 +68,9 @@ from nodule.io import FILL_HU, SeriesInfo, Volume, equivalent_diameter
 # 0.2.0: FOV-fitted body, placement off large vessels, arms, heart chambers, mediastinal fat
 # 0.3.0: kernels fitted to the GE STANDARD and Philips L noise spectra, lower noise in air,
 #        thinner chest wall, smaller lungs possible, vessel leaves 6 mm inside the pleura
-GENERATOR_VERSION = "0.3.0"
+# 0.4.0: taller lungs possible (205-355 mm), vessel trees with Murray exponent 2.6 and fewer
+#        leaves (fewer thin branches, thicker trunks)
+GENERATOR_VERSION = "0.4.0"
 Preset = Literal["small", "full"]
 Attachment = Literal["isolated", "juxtavascular", "juxtapleural", "perifissural"]
 FindingKind = Literal["nodule", "small_nodule", "non_nodule"]
@@ -113,6 +115,7 @@ class PresetSpec:
         matrix: in-plane matrix size.
         r_leaf: radius of terminal vessels, mm.
         leaves: territory points per vessel tree.
+        murray_exponent: k of the vessel trees' Murray's law (:func:`~nodule.data.vessels.grow_tree`).
         bronchus_min_radius: smallest artery radius that gets a bronchus beside it, mm.
         leaf_gap_mm: the vessel trees' territory points (their leaves) lie at least this far
             inside the pleura, mm (peripheral vessels fade below CT resolution).
@@ -124,6 +127,7 @@ class PresetSpec:
     matrix: int
     r_leaf: float
     leaves: int
+    murray_exponent: float
     bronchus_min_radius: float
     leaf_gap_mm: float
     fine_dz: float
@@ -132,8 +136,8 @@ class PresetSpec:
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "full": PresetSpec(512, 0.4, 1900, 1.0, 6.0, 0.75, 2.0, 400),
-    "small": PresetSpec(128, 0.9, 170, 2.0, 1.0, 1.5, 3.0, 64),
+    "full": PresetSpec(512, 0.4, 1300, 2.6, 1.0, 6.0, 0.75, 2.0, 400),
+    "small": PresetSpec(128, 0.9, 170, 3.0, 2.0, 1.0, 1.5, 3.0, 64),
 }
 
 
@@ -320,15 +324,15 @@ def _structures(plan: an.BodyPlan, spec: PresetSpec, rng: np.random.Generator, z
         vein_root = np.array([cx + side * (mw + 8.0), cy - 0.12 * plan.half_depth_front, zc - 42.0])
         pts_a = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
         pts_v = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
-        art = grow_tree(art_root, pts_a, spec.r_leaf, rng)
-        vein = grow_tree(vein_root, pts_v, spec.r_leaf, rng)
+        art = grow_tree(art_root, pts_a, spec.r_leaf, rng, murray_exponent=spec.murray_exponent)
+        vein = grow_tree(vein_root, pts_v, spec.r_leaf, rng, murray_exponent=spec.murray_exponent)
         for t in (art, vein):
             caps = tree_capsules(t, rng)
             blood.append(caps)
             lung_vessels.append(caps)
         blood.append(polyline_capsules(np.vstack([bif, art_root]), np.array([10.0, float(art.radius[0])])))
         blood.append(polyline_capsules(np.vstack([vein_root, la]), np.array([float(vein.radius[0]), 7.0])))
-        min_count = max(2, int((spec.bronchus_min_radius / spec.r_leaf) ** 3))
+        min_count = max(2, int((spec.bronchus_min_radius / spec.r_leaf) ** spec.murray_exponent))
         br: Tree = offset_tree(art, gap=0.4, radius_scale=0.8, min_count=min_count, rng=rng)
         if len(br.radius):
             caps_l = tree_capsules(br, rng, bend=0.06)

@@ -2,7 +2,8 @@
 
 Trees (pulmonary arteries, veins, bronchi) grow by recursive partition of territory
 points sampled inside a lung: a branch of ``n`` territory points has radius
-``r_leaf * n ** (1/3)`` (Murray's law: r^3 of a parent is the sum of its children's),
+``r_leaf * n ** (1/k)`` (Murray's law: r^k of a parent is the sum of its children's;
+k = 3 in the ideal law, about 2.3-3 measured in pulmonary arteries),
 runs from its parent's end toward the centroid of its points, and its points are split
 in two by the plane through their centroid across their principal axis, which gives
 asymmetric bifurcations that fill the lung. Branches are drawn as two slightly bent
@@ -48,6 +49,7 @@ def grow_tree(
     r_leaf: float,
     rng: np.random.Generator,
     length_ratio: float = 12.0,
+    murray_exponent: float = 3.0,
 ) -> Tree:
     """Grow a space-filling tree from ``root`` to the territory ``points``.
 
@@ -58,6 +60,8 @@ def grow_tree(
         rng: random generator (branch length fractions).
         length_ratio: a branch is at most this many radii long (trunks are kept
             shorter: ``3 + 10 exp(-r / 1.5 mm)`` radii).
+        murray_exponent: k of Murray's law (radius ``r_leaf * n ** (1/k)``); a smaller k
+            gives fewer thin branches for the same trunk calibre.
 
     Returns:
         The tree, root first.
@@ -71,7 +75,7 @@ def grow_tree(
     while stack:
         start, pts, parent = stack.pop()
         n = len(pts)
-        r = r_leaf * n ** (1.0 / 3.0)
+        r = r_leaf * n ** (1.0 / murray_exponent)
         idx = len(starts)
         if n == 1:
             end = pts[0]
