@@ -68,9 +68,11 @@ from nodule.io import FILL_HU, SeriesInfo, Volume, equivalent_diameter
 # 0.2.0: FOV-fitted body, placement off large vessels, arms, heart chambers, mediastinal fat
 # 0.3.0: kernels fitted to the GE STANDARD and Philips L noise spectra, lower noise in air,
 #        thinner chest wall, smaller lungs possible, vessel leaves 6 mm inside the pleura
-# 0.4.0: taller lungs possible (205-355 mm), vessel trees with Murray exponent 2.6 and fewer
-#        leaves (fewer thin branches, thicker trunks)
+# 0.4.0: taller lungs possible (205-355 mm): the largest phantoms reach the real 5.4-5.6 l;
+#        vessel leaves in proportion to the lung height (was a fixed number)
 GENERATOR_VERSION = "0.4.0"
+LEAVES_LUNG_HEIGHT_MM = 255.0
+"""Lung height at which a vessel tree has ``PresetSpec.leaves`` leaves (the mean of 0.3.0's range)."""
 Preset = Literal["small", "full"]
 Attachment = Literal["isolated", "juxtavascular", "juxtapleural", "perifissural"]
 FindingKind = Literal["nodule", "small_nodule", "non_nodule"]
@@ -114,7 +116,8 @@ class PresetSpec:
     Attributes:
         matrix: in-plane matrix size.
         r_leaf: radius of terminal vessels, mm.
-        leaves: territory points per vessel tree.
+        leaves: territory points per vessel tree of a lung of ``LEAVES_LUNG_HEIGHT_MM``; a
+            taller lung gets proportionally more (the same vessel density per litre).
         murray_exponent: k of the vessel trees' Murray's law (:func:`~nodule.data.vessels.grow_tree`).
         bronchus_min_radius: smallest artery radius that gets a bronchus beside it, mm.
         leaf_gap_mm: the vessel trees' territory points (their leaves) lie at least this far
@@ -136,7 +139,7 @@ class PresetSpec:
 
 
 PRESETS: dict[str, PresetSpec] = {
-    "full": PresetSpec(512, 0.4, 1300, 2.6, 1.0, 6.0, 0.75, 2.0, 400),
+    "full": PresetSpec(512, 0.4, 1900, 3.0, 1.0, 6.0, 0.75, 2.0, 400),
     "small": PresetSpec(128, 0.9, 170, 3.0, 2.0, 1.0, 1.5, 3.0, 64),
 }
 
@@ -318,12 +321,13 @@ def _structures(plan: an.BodyPlan, spec: PresetSpec, rng: np.random.Generator, z
     bif = np.array([cx + 8.0, cy - 5.0, zc - 6.0])
     blood.append(polyline_capsules(np.vstack([pt_start, bif]), 13.0))
     # lung trees
+    leaves = max(2, round(spec.leaves * plan.lung_height / LEAVES_LUNG_HEIGHT_MM))
     for side in (-1.0, 1.0):
         s = int(side)
         art_root = np.array([cx + side * (mw + 10.0), cy + 0.02 * plan.half_depth_back, zc - 14.0 + (4.0 if s > 0 else 0.0)])
         vein_root = np.array([cx + side * (mw + 8.0), cy - 0.12 * plan.half_depth_front, zc - 42.0])
-        pts_a = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
-        pts_v = an.sample_lung_points(plan, rng, spec.leaves, side=s, max_sd=-spec.leaf_gap_mm)
+        pts_a = an.sample_lung_points(plan, rng, leaves, side=s, max_sd=-spec.leaf_gap_mm)
+        pts_v = an.sample_lung_points(plan, rng, leaves, side=s, max_sd=-spec.leaf_gap_mm)
         art = grow_tree(art_root, pts_a, spec.r_leaf, rng, murray_exponent=spec.murray_exponent)
         vein = grow_tree(vein_root, pts_v, spec.r_leaf, rng, murray_exponent=spec.murray_exponent)
         for t in (art, vein):
