@@ -49,10 +49,10 @@ import pandas as pd
 
 from nodule.candidates.batch import run_batch
 from nodule.candidates.detect import CandidateConfig, keep_best
-from nodule.candidates.ranker import fit_ranker
+from nodule.candidates.ranker import CandidateRanker, fit_ranker
 from nodule.data.luna16 import read_annotations, read_excluded
 from nodule.data.sets import check_dataset_folder, dataset_root
-from nodule.data.splits import DEFAULT_SPLIT, describe_leak, leaked_scans, load_split
+from nodule.data.splits import DEFAULT_SPLIT, Split, describe_leak, leaked_scans, load_split
 from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidates
 
 
@@ -127,15 +127,15 @@ def leave_one_set_out(
 
 
 def compare_rankers(
-    split: Any, names: list[str], sets_dir: Path | None, cache: Path, config: CandidateConfig, jobs: int,
-    ranker: Any, trained_uids: set[str],
-) -> dict[str, dict[str, int]]:
+    split: Split, names: list[str], sets_dir: Path | None, cache: Path, config: CandidateConfig, jobs: int,
+    ranker: CandidateRanker, trained_uids: set[str],
+) -> dict[str, dict[str, Any]]:
     """Nodules kept at ``max_per_scan`` by ``ranker`` and by the shipped ranker on the val and
     test subsets of the data sets ``names`` (which it must not have trained on)."""
     from nodule.candidates.ranker import load_ranker
 
     shipped = load_ranker(None)
-    out: dict[str, dict[str, int]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name in names:
         root = (sets_dir.expanduser() / name) if sets_dir else dataset_root(name)
         check_dataset_folder(split, name, root)
@@ -150,7 +150,7 @@ def compare_rankers(
         annotations = read_annotations(root / "annotations.csv")
         new = sensitivity(pool, ranker.score(pool), annotations, config)
         old = sensitivity(pool, shipped.score(pool), annotations, config)
-        out[name] = {"subsets": folds, "nodules": new[1], "new_ranker": new[0], "shipped_ranker": old[0]}  # type: ignore[dict-item]
+        out[name] = {"subsets": folds, "nodules": new[1], "new_ranker": new[0], "shipped_ranker": old[0]}
         print(f"compare on {name} subsets {folds}: new ranker {new[0]}/{new[1]}, shipped ranker {old[0]}/{old[1]}", flush=True)
     return out
 
