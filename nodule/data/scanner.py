@@ -149,18 +149,22 @@ def radial_frequency(shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndar
     return np.asarray(np.sqrt(fx * fx + fy * fy))
 
 
-def kernel_mtf(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
-    """The kernel's MTF on the ``rfft2`` frequency grid of a slice (float32, (ny, nx//2+1))."""
+def _mtf_at(kernel: Kernel, f: np.ndarray) -> np.ndarray:
+    """The kernel's MTF at radial frequencies ``f`` (cycles/mm), float32."""
     s, e, p = _MTF[kernel]
-    f = radial_frequency(shape_yx, pixel_spacing)
     h = np.exp(-0.5 * (f / s) ** p) * (1.0 + e * (f / s) ** 2)
     return np.asarray(h, np.float32)
 
 
+def kernel_mtf(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
+    """The kernel's MTF on the ``rfft2`` frequency grid of a slice (float32, (ny, nx//2+1))."""
+    return _mtf_at(kernel, radial_frequency(shape_yx, pixel_spacing))
+
+
 def noise_filter(kernel: Kernel, shape_yx: tuple[int, int], pixel_spacing: float) -> np.ndarray:
     """Amplitude filter sqrt(NPS) for white noise, normalised to unit output variance."""
-    h = kernel_mtf(kernel, shape_yx, pixel_spacing).astype(np.float64)
     f = radial_frequency(shape_yx, pixel_spacing)
+    h = _mtf_at(kernel, f).astype(np.float64)
     nps = (f + 0.05 * 0.5 / pixel_spacing) * h * h
     # variance of filtered unit white noise = mean of |G|^2 over the full (two-sided) grid
     w = np.full(nps.shape, 2.0)
