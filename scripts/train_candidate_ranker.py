@@ -126,6 +126,11 @@ def leave_one_set_out(
     return out
 
 
+def set_root(sets_dir: Path | None, name: str) -> Path:
+    """The folder of data set ``name``: under ``sets_dir`` when given, else its default (:func:`dataset_root`)."""
+    return (sets_dir.expanduser() / name) if sets_dir else dataset_root(name)
+
+
 def compare_rankers(
     split: Split, names: list[str], sets_dir: Path | None, cache: Path, config: CandidateConfig, jobs: int,
     ranker: CandidateRanker, trained_uids: set[str],
@@ -137,7 +142,7 @@ def compare_rankers(
     shipped = load_ranker(None)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        root = (sets_dir.expanduser() / name) if sets_dir else dataset_root(name)
+        root = set_root(sets_dir, name)
         check_dataset_folder(split, name, root)
         entry = split.dataset(name)
         folds = sorted(entry.folds("val") + entry.folds("test"))
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(args.sets or split.learners.get("ranker", ()))
     if not names:
         raise SystemExit(f"{split.path}: the learner 'ranker' trains on no data set")
-    roots = [(args.sets_dir.expanduser() / n) if args.sets_dir else dataset_root(n) for n in names]
+    roots = [set_root(args.sets_dir, n) for n in names]
     config = CandidateConfig()
     pools, labelled_sets, trained_on = [], [], {}
     for k, (name, root) in enumerate(zip(names, roots, strict=True)):
