@@ -181,3 +181,20 @@ def test_leave_one_set_out_scores_each_set_with_the_others(tmp_path: Path) -> No
         assert row["nodules"] == row["in_pool"] == 6
         assert row["learned"] == 6  # the rule learned on the other set keeps every nodule in the best 30
         assert row["detector_scores"] < 6  # random scores keep about 30 of 300
+
+
+def test_ranker_script_refuses_an_experiment_over_the_shipped_ranker(tmp_path: Path) -> None:
+    """``--sets`` trains on other data than the split's learner: without ``--out`` it would
+    overwrite nodule/candidates/ranker.json, so the script stops before reading anything."""
+    train = _script("train_candidate_ranker")
+    with pytest.raises(SystemExit, match="give --out"):
+        train.main(["--cache", str(tmp_path), "--sets", "train_seed6100"])  # type: ignore[attr-defined]
+    assert not any(tmp_path.iterdir())
+
+
+def test_ranker_script_finds_a_set_under_sets_dir_or_its_default(tmp_path: Path) -> None:
+    from nodule.data.sets import dataset_root
+
+    train = _script("train_candidate_ranker")
+    assert train.set_root(tmp_path, "heldout_seed9400") == tmp_path / "heldout_seed9400"  # type: ignore[attr-defined]
+    assert train.set_root(None, "heldout_seed9400") == dataset_root("heldout_seed9400")  # type: ignore[attr-defined]
