@@ -408,7 +408,7 @@ def fissure_sd(plan: BodyPlan, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> t
     h = F32(plan.lung_height)
     # line through (v = +0.75 back, z = 0.72 h) and (v = -0.7 front, z = 0.1 h)
     v0, z0 = 0.75 * plan.half_depth_back, 0.72 * plan.lung_height
-    v1, z1 = -0.7 * plan.half_depth_front, (0.12 if True else 0.0) * plan.lung_height
+    v1, z1 = -0.7 * plan.half_depth_front, 0.12 * plan.lung_height
     dv, dz = v1 - v0, z1 - z0
     n = float(np.hypot(dv, dz))
     nv, nz = -dz / n, dv / n
