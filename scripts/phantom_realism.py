@@ -55,19 +55,23 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from nodule.data.luna16 import read_annotations, read_excluded
 from nodule.data.phantom import generate_phantom
 from nodule.data.scanner import KERNELS, Kernel, ScannerSettings, apply_scanner
 from nodule.io import Volume, read_volume
 from nodule.lung import segment_lungs
-from nodule.paths import REPO_ROOT, cache_dir, data_dir
+from nodule.paths import REPO_ROOT, cache_dir, data_dir, luna16_dir
 
 WINDOW = (-1350, 150)
+FINDING_MARGIN_MM = 5.0  # left out of the lung density rows around each recorded finding
+UNKNOWN_DIAMETER_MM = 10.0  # a finding of unknown diameter (LUNA16 excluded, -1; non-nodules)
 NOTES_MARK = "<!-- notes: kept when the table is regenerated -->"
 REAL_SCANS = ("cptac-lscc-c3n-00247", "lidc-idri-0001", "lidc-idri-0002", "lung-pet-ct-dx-a0001")
 # sources whose change invalidates the cached metrics
@@ -133,13 +137,16 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     return math.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0))
 
 
-def cross_sections(a: np.ndarray, lung: np.ndarray, ps: float) -> np.ndarray:
-    """Equivalent diameters (mm) of the 2D blobs > -500 HU in the eroded lung of every slice."""
+def cross_sections(a: np.ndarray, lung: np.ndarray, ps: float, leave_out: np.ndarray | None = None) -> np.ndarray:
+    """Equivalent diameters (mm) of the 2D blobs > -500 HU in the eroded lung of every slice
+    (its holes filled), less the ``leave_out`` voxels."""
     inner = ndimage.binary_erosion(lung, structure=np.ones((1, 3, 3), bool), iterations=3)
     eight = np.ones((3, 3), bool)
     diam: list[np.ndarray] = []
     for z in np.nonzero(inner.any(axis=(1, 2)))[0]:
         region = ndimage.binary_fill_holes(inner[z])
+        if leave_out is not None:
+            region &= ~leave_out[z]
         lab, n = ndimage.label((a[z] > -500) & region, structure=eight)
         if n:
             d = 2.0 * np.sqrt(np.bincount(lab.ravel())[1:] * ps * ps / np.pi)
@@ -213,13 +220,53 @@ def noise_spectrum(a: np.ndarray, ps: float, n: int = 16) -> tuple[float, float]
     return float((k + 0.5) / 16.0 / ps), float(prof[-1] / prof[k])
 
 
-def scan_metrics(vol: Volume, lung: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """The realism metrics of one scan and its lung HU histogram."""
+def real_findings(real: Volume) -> pd.DataFrame:
+    """A real scan's recorded findings (``coordX/Y/Z``, ``diameter_mm``): its rows of
+    ``data_manifests/real_ct_known_findings.csv`` and of the LUNA16 annotations and
+    excluded findings (the reference standard of the LIDC scans)."""
+    tables = [pd.read_csv(REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv", dtype={"seriesuid": str})]
+    luna = luna16_dir()
+    if (luna / "annotations.csv").exists():
+        tables += [read_annotations(luna / "annotations.csv"), read_excluded(luna / "annotations_excluded.csv")]
+    rows = pd.concat([t[t["seriesuid"] == real.series_uid] for t in tables], ignore_index=True)
+    return rows[["coordX", "coordY", "coordZ", "diameter_mm"]]
+
+
+def findings_mask(vol: Volume, findings: pd.DataFrame) -> np.ndarray:
+    """Voxels within ``diameter_mm / 2 + FINDING_MARGIN_MM`` of a finding (``UNKNOWN_DIAMETER_MM``
+    where the diameter is unknown, -1)."""
+    mask = np.zeros(vol.shape, bool)
+    if len(findings) == 0:
+        return mask
+    sp = np.asarray(vol.spacing_zyx)
+    centres = vol.world_to_voxel(findings[["coordX", "coordY", "coordZ"]].to_numpy(np.float64))
+    diameters = findings["diameter_mm"].to_numpy(np.float64)
+    for c, d in zip(centres, np.where(diameters > 0, diameters, UNKNOWN_DIAMETER_MM), strict=True):
+        r = d / 2.0 + FINDING_MARGIN_MM
+        lo = np.maximum(0, np.floor(c - r / sp).astype(int))
+        hi = np.minimum(vol.shape, np.ceil(c + r / sp).astype(int) + 1)
+        if np.any(hi <= lo):
+            continue
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+        d2 = sum(((g - ci) * si) ** 2 for g, ci, si in zip(grid, c, sp, strict=True))
+        mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] |= d2 <= r * r
+    return mask
+
+
+def scan_metrics(vol: Volume, lung: np.ndarray, findings: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """The realism metrics of one scan and its lung HU histogram.
+
+    The lung volume is that of ``lung``; the lung's density rows (HU, histogram, fraction
+    and cross-sections above -500 HU) leave out the voxels of ``findings`` (nodules,
+    tumours: not the anatomy the generator draws)."""
     a = vol.array.astype(np.float32)
     ps, dz = vol.spacing[0], vol.spacing[2]
-    lv = a[lung]
-    d = cross_sections(a, lung, ps)
     vol_l = float(lung.sum()) * ps * ps * dz / 1e6
+    d = cross_sections(a, lung, ps, findings)
+    if findings is not None:
+        lung = lung & ~findings
+    lv = a[lung]
+    parenchyma_l = float(lung.sum()) * ps * ps * dz / 1e6
     body = body_mask(a)
     air, fat = _noise_rois(a, body, lung, ps)
     res = _residual(a)
@@ -229,7 +276,7 @@ def scan_metrics(vol: Volume, lung: np.ndarray) -> tuple[dict[str, float], np.nd
         "lung_hu_mean": float(lv.mean()),
         "lung_hu_std": float(lv.std()),
         "frac_above_500": float((lv > -500).mean()),
-        "structures_per_l": float(len(d) / vol_l),
+        "structures_per_l": float(len(d) / parenchyma_l),
         "structure_d_median_mm": float(np.median(d)) if len(d) else float("nan"),
         "structure_d_p90_mm": float(np.percentile(d, 90)) if len(d) else float("nan"),
         "noise_air_hu": float(res[air].std()) if air.sum() > 100 else float("nan"),
@@ -391,7 +438,7 @@ def compare(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     real_lung: np.ndarray | None = None
     if rec is None:
         real_lung = segment_lungs(real).lungs
-        real_m, real_h = scan_metrics(real, real_lung)
+        real_m, real_h = scan_metrics(real, real_lung, findings_mask(real, real_findings(real)))
         ps, matrix = real.spacing[0], real.shape[1]
         kernel, scores = closest_kernel((real_m["nps_peak_cpmm"], real_m["nps_nyquist_ratio"]), ps, matrix)
         noise = estimate_noise(real, real_lung, kernel)
@@ -423,7 +470,8 @@ def compare(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         cpu = time.process_time() - t0
         lung = segment_lungs(scan.volume).lungs
         if m is None:
-            m, h = scan_metrics(scan.volume, lung)
+            known = pd.DataFrame([f.as_dict() for f in scan.findings], columns=["coordX", "coordY", "coordZ", "diameter_mm"])
+            m, h = scan_metrics(scan.volume, lung, findings_mask(scan.volume, known))
             m["lung_hist_w1"] = wasserstein1(h, real_h)
             m["lung_hist_js"] = jensen_shannon(h, real_h)
             m["generate_cpu_s"] = cpu

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from nodule.io import SeriesInfo, Volume
 from nodule.paths import REPO_ROOT
+
+LIDC_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
 ROWS = (
     "lung volume",
@@ -50,3 +58,47 @@ def test_realism_script_on_a_small_phantom(real_ct_dir: Path, tmp_path: Path) ->
     subprocess.run(command[:-2], check=True, env=env, capture_output=True, timeout=900)
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["scans"] == result["scans"]
+
+
+def _realism() -> Any:
+    spec = importlib.util.spec_from_file_location("phantom_realism", REPO_ROOT / "scripts" / "phantom_realism.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_findings_are_left_out_of_the_lung_density_rows_not_of_its_volume() -> None:
+    """A lung of -850 HU with one 10 mm ball of 0 HU (a recorded nodule): left out with
+    its margin, the ball no longer counts as dense lung, and the lung volume stays."""
+    realism = _realism()
+    a = np.full((40, 64, 64), -850.0, np.float32)
+    zz, yy, xx = np.ogrid[:40, :64, :64]
+    ball = (zz - 20) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2 <= 5**2
+    a[ball] = 0.0
+    lung = np.zeros(a.shape, bool)
+    lung[5:35, 8:56, 8:56] = True
+    vol = Volume(a, spacing=(1.0, 1.0, 1.0), origin=(-10.0, -20.0, -30.0))
+    nodule = pd.DataFrame({"coordX": [22.0], "coordY": [12.0], "coordZ": [-10.0], "diameter_mm": [10.0]})
+    mask = realism.findings_mask(vol, nodule)
+    r = 5.0 + realism.FINDING_MARGIN_MM
+    assert mask[20, 32, 32] and mask[20, 32, 32 + int(r)] and not mask[20, 32, 32 + int(r) + 1]
+    assert mask.sum() == ((zz - 20) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2 <= r * r).sum()
+    unknown = realism.findings_mask(vol, nodule.assign(diameter_mm=-1.0))
+    assert unknown.sum() == ((zz - 20) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2 <= (realism.UNKNOWN_DIAMETER_MM / 2 + realism.FINDING_MARGIN_MM) ** 2).sum()
+    with_ball, _ = realism.scan_metrics(vol, lung)
+    without, _ = realism.scan_metrics(vol, lung, mask)
+    assert with_ball["frac_above_500"] > 0.005 and without["frac_above_500"] == 0.0
+    assert with_ball["structures_per_l"] > 0 and without["structures_per_l"] == 0.0
+    assert without["lung_volume_l"] == with_ball["lung_volume_l"] == lung.sum() / 1e6
+    assert abs(without["lung_hu_mean"] + 850.0) < 1e-3
+
+
+def test_real_findings_of_the_shared_scans(real_ct_volume: Volume, luna16_dir: Path) -> None:
+    """CPTAC's recorded lesion (data_manifests) and nothing else; the LIDC scans' rows come
+    from the LUNA16 tables (LIDC-IDRI-0001: 1 nodule and 25 excluded findings)."""
+    realism = _realism()
+    cptac = realism.real_findings(real_ct_volume)
+    assert len(cptac) == 1 and cptac["diameter_mm"].iloc[0] == 18.0
+    lidc = Volume(np.zeros((2, 2, 2), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), info=SeriesInfo(series_uid=LIDC_0001))
+    assert len(realism.real_findings(lidc)) == 26
