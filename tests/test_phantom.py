@@ -252,3 +252,37 @@ def test_nodules_stay_out_of_large_vessels_airways_and_the_mediastinum() -> None
             n_checked += 1
             attachments.add(f.attachment)
     assert n_checked > 50 and {"isolated", "juxtavascular", "juxtapleural"} <= attachments
+
+
+def test_ssp_neighbour_weight_is_the_blurred_box_over_the_next_slice() -> None:
+    """Against a direct discrete convolution of the box with the Gaussian on a 1 µm grid."""
+    from nodule.data.phantom import ssp_neighbour_weight
+
+    for thickness, fwhm in ((1.25, 1.0), (5.0, 1.0), (0.625, 0.8)):
+        step = 0.001
+        z = np.arange(-4 * thickness, 4 * thickness, step)
+        box = (np.abs(z) <= thickness / 2) / thickness
+        sd = fwhm / 2.3548
+        gauss = np.exp(-0.5 * (np.arange(-6 * sd, 6 * sd, step) / sd) ** 2)
+        profile = np.convolve(box, gauss / gauss.sum(), mode="same")
+        over_next = profile[(z >= thickness / 2) & (z < 1.5 * thickness)].sum() * step
+        assert abs(ssp_neighbour_weight(thickness, fwhm) - over_next) < 2e-3
+    assert ssp_neighbour_weight(1.25, 0.0) == 0.0
+    assert ssp_neighbour_weight(1.25, 1.0) > ssp_neighbour_weight(2.5, 1.0) > ssp_neighbour_weight(5.0, 1.0) > 0
+
+
+def test_a_blurred_slice_profile_mixes_each_slice_with_its_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without noise the blurred phantom is the box-profile phantom filtered along z by
+    (a, 1 - 2a, a): the blur is linear and commutes with the in-plane kernel."""
+    from dataclasses import replace
+
+    from nodule.data.phantom import ssp_neighbour_weight
+
+    box = generate_phantom(3, 0, "small", slice_thickness=2.0, noise=0.0).volume.array.astype(np.float32)
+    monkeypatch.setitem(PRESETS, "small", replace(PRESETS["small"], ssp_blur_fwhm_mm=1.0))
+    blurred = generate_phantom(3, 0, "small", slice_thickness=2.0, noise=0.0).volume.array.astype(np.float32)
+    a = ssp_neighbour_weight(2.0, 1.0)
+    expected = ndimage.convolve1d(box, np.array([a, 1 - 2 * a, a], np.float32), axis=0, mode="nearest")
+    inside = box > -1000  # the clip at -1024 is not linear
+    assert np.mean(np.abs(blurred - expected)[inside] <= 1.5) > 0.99
+    assert np.abs(blurred - box)[inside].mean() > 2.0
