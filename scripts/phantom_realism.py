@@ -8,7 +8,11 @@ printed and written with the table), the noise SD estimated from the real scan's
 subcutaneous fat and the ratio of air noise to body noise estimated from its air (the
 phantom's noise in air outside the body, clipped at -1024 HU as the real scan's, matches
 the real one's). The lungs of every scan, real and synthetic, are segmented with the
-same method (:func:`nodule.lung.segment_lungs`) and compared:
+same method (:func:`nodule.lung.segment_lungs`) and compared. Recorded findings are not
+the anatomy the generator draws: the lung density rows (HU, histogram, fraction and
+cross-sections above -500 HU) leave them out with a margin (``FINDING_MARGIN_MM``; a real
+scan's from ``data_manifests/real_ct_known_findings.csv`` and the LUNA16 tables, a
+phantom's its own findings); the lung volume is the whole lung's.
 
 * lung volume (l); the real one should lie inside the phantoms' range;
 * mean and standard deviation of HU inside the lung mask (target: within 50 HU);
@@ -512,7 +516,10 @@ def main() -> None:
         "with the real scan's slice thickness, "
         + ("pixel spacing and matrix, " if args.preset == "full" else "(the small preset's own pixels), ")
         + "the phantom kernel whose noise power spectrum is closest to the real one's, the noise SD estimated "
-        "from the real scan's subcutaneous fat and the ratio of air noise to body noise estimated from its air. Lung masks of all: `nodule.lung.segment_lungs`. "
+        "from the real scan's subcutaneous fat and the ratio of air noise to body noise estimated from its air. Lung masks of all: `nodule.lung.segment_lungs`; "
+        "the lung density rows (HU, histogram, fraction and cross-sections above -500 HU) leave out recorded findings "
+        f"and {FINDING_MARGIN_MM:g} mm around them (real: data_manifests/real_ct_known_findings.csv and the LUNA16 tables; "
+        "phantom: its findings). "
         "Targets: +-25 % (relative rows), +-50 HU (HU rows), on the mean of the phantoms.\n\n"
         f"`{cmd}`\n"
     ]

@@ -3,7 +3,7 @@
 Three stages, each resumable (a rerun skips what is finished):
 
 1. ``train``: ``scripts/train_synth.py`` with ``configs/default_model.yaml`` (variant
-   ``default``: the configuration as it is, late fusion) on the split's ``train_seed6200``
+   ``default``: the configuration as it is, late fusion) on the split's ``train_seed6300``
    (subsets 0-6 train, 7 validates, 8-9 test): ``nodule fit``, the test evaluation with a
    bootstrap CI, and the external sets (nodules inserted into LIDC-IDRI-0001 and -0002,
    the real LIDC scans), into ``OUT/default`` with ``OUT/results.json``;
@@ -18,7 +18,7 @@ Three stages, each resumable (a rerun skips what is finished):
 stage that ran is kept in ``OUT/timings.json`` (the first measurement of a stage is kept;
 remove the file to measure again) and goes to the model card.
 
-    nodule split make train_seed6200 train_cptac_seed0 train_a0001_seed0 cv_small_seed7000 \\
+    nodule split make train_seed6300 train_cptac_seed0 train_a0001_seed0 cv_small_seed7000 \\
         external_lidc0001_seed0 external_lidc0002_seed0 real_lidc --candidates true
     .venv/bin/python scripts/train_default_model.py
 
@@ -81,7 +81,7 @@ def _timed(out: Path, stage: str, step: list[str], cache: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "default_model.yaml")
-    parser.add_argument("--dataset", default="train_seed6200", help="training data set of the split")
+    parser.add_argument("--dataset", default="train_seed6300", help="training data set of the split")
     parser.add_argument("--cv-dataset", default="cv_small_seed7000", help="data set of the cross-validation")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default $NODULE_CACHE/experiments/default_model)")
     parser.add_argument("--model-out", type=Path, default=None, help="model file (default: the package's default model)")

@@ -24,7 +24,7 @@ from nodule.paths import REPO_ROOT, cache_dir, luna16_dir
 FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "description"]
 
 
-GENERATOR_RELEASES = {"0.1.0": "1877ec1", "0.2.0": "0af9abe", "0.3.0": "3e3fb1f"}
+GENERATOR_RELEASES = {"0.1.0": "1877ec1", "0.2.0": "0af9abe", "0.3.0": "3e3fb1f", "0.4.0": "95bc398"}
 """The last commit of each earlier ``nodule synth`` generator version, for remaking the data
 sets the split pins to it."""
 
