@@ -66,12 +66,13 @@ from scipy import ndimage
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from nodule.data.luna16 import read_annotations, read_excluded
 from nodule.data.phantom import generate_phantom
 from nodule.data.scanner import KERNELS, Kernel, ScannerSettings, apply_scanner
+from nodule.data.sets import FINDING_COLUMNS, real_findings
+from nodule.data.splits import load_split
 from nodule.io import Volume, read_volume
 from nodule.lung import segment_lungs
-from nodule.paths import REPO_ROOT, cache_dir, data_dir, luna16_dir
+from nodule.paths import REPO_ROOT, cache_dir, data_dir
 
 WINDOW = (-1350, 150)
 FINDING_MARGIN_MM = 5.0  # left out of the lung density rows around each recorded finding
@@ -224,16 +225,11 @@ def noise_spectrum(a: np.ndarray, ps: float, n: int = 16) -> tuple[float, float]
     return float((k + 0.5) / 16.0 / ps), float(prof[-1] / prof[k])
 
 
-def real_findings(real: Volume) -> pd.DataFrame:
-    """A real scan's recorded findings (``coordX/Y/Z``, ``diameter_mm``): its rows of
-    ``data_manifests/real_ct_known_findings.csv`` and of the LUNA16 annotations and
-    excluded findings (the reference standard of the LIDC scans)."""
-    tables = [pd.read_csv(REPO_ROOT / "data_manifests" / "real_ct_known_findings.csv", dtype={"seriesuid": str})]
-    luna = luna16_dir()
-    if (luna / "annotations.csv").exists():
-        tables += [read_annotations(luna / "annotations.csv"), read_excluded(luna / "annotations_excluded.csv")]
-    rows = pd.concat([t[t["seriesuid"] == real.series_uid] for t in tables], ignore_index=True)
-    return rows[["coordX", "coordY", "coordZ", "diameter_mm"]]
+def known_findings(name: str) -> pd.DataFrame:
+    """The recorded findings of real scan folder ``name``: :func:`nodule.data.sets.real_findings`
+    of the split's real scan of that name (none for a folder the split does not name)."""
+    scans = load_split().real_scans
+    return real_findings(scans[name]) if name in scans else pd.DataFrame(columns=FINDING_COLUMNS)
 
 
 def findings_mask(vol: Volume, findings: pd.DataFrame) -> np.ndarray:
@@ -442,7 +438,7 @@ def compare(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     real_lung: np.ndarray | None = None
     if rec is None:
         real_lung = segment_lungs(real).lungs
-        real_m, real_h = scan_metrics(real, real_lung, findings_mask(real, real_findings(real)))
+        real_m, real_h = scan_metrics(real, real_lung, findings_mask(real, known_findings(name)))
         ps, matrix = real.spacing[0], real.shape[1]
         kernel, scores = closest_kernel((real_m["nps_peak_cpmm"], real_m["nps_nyquist_ratio"]), ps, matrix)
         noise = estimate_noise(real, real_lung, kernel)

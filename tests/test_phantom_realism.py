@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nodule.io import SeriesInfo, Volume
+from nodule.io import Volume
 from nodule.paths import REPO_ROOT
-
-LIDC_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
 ROWS = (
     "lung volume",
@@ -94,11 +92,11 @@ def test_findings_are_left_out_of_the_lung_density_rows_not_of_its_volume() -> N
     assert abs(without["lung_hu_mean"] + 850.0) < 1e-3
 
 
-def test_real_findings_of_the_shared_scans(real_ct_volume: Volume, luna16_dir: Path) -> None:
-    """CPTAC's recorded lesion (data_manifests) and nothing else; the LIDC scans' rows come
-    from the LUNA16 tables (LIDC-IDRI-0001: 1 nodule and 25 excluded findings)."""
+def test_known_findings_of_the_shared_scans(luna16_dir: Path) -> None:
+    """CPTAC's recorded lesion (data_manifests); LIDC-IDRI-0001's rows of the LUNA16 tables
+    (1 nodule and 25 excluded findings); none for a folder the split does not name."""
     realism = _realism()
-    cptac = realism.real_findings(real_ct_volume)
+    cptac = realism.known_findings("cptac-lscc-c3n-00247")
     assert len(cptac) == 1 and cptac["diameter_mm"].iloc[0] == 18.0
-    lidc = Volume(np.zeros((2, 2, 2), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), info=SeriesInfo(series_uid=LIDC_0001))
-    assert len(realism.real_findings(lidc)) == 26
+    assert len(realism.known_findings("lidc-idri-0001")) == 26
+    assert len(realism.known_findings("not-a-real-scan")) == 0
