@@ -263,10 +263,9 @@ def scan_metrics(vol: Volume, lung: np.ndarray, findings: np.ndarray | None = No
     ps, dz = vol.spacing[0], vol.spacing[2]
     vol_l = float(lung.sum()) * ps * ps * dz / 1e6
     d = cross_sections(a, lung, ps, findings)
-    if findings is not None:
-        lung = lung & ~findings
-    lv = a[lung]
-    parenchyma_l = float(lung.sum()) * ps * ps * dz / 1e6
+    parenchyma = lung & ~findings if findings is not None else lung
+    lv = a[parenchyma]
+    parenchyma_l = float(parenchyma.sum()) * ps * ps * dz / 1e6
     body = body_mask(a)
     air, fat = _noise_rois(a, body, lung, ps)
     res = _residual(a)
