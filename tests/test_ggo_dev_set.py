@@ -1,0 +1,32 @@
+"""The subsolid-rich development set of scripts/ggo_dev_set.py."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+from nodule.data import phantom
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ggo_dev_set.py"
+
+
+def _script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("ggo_dev_set", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dev_set_draws_the_given_types_and_leaves_the_generator_alone(tmp_path: Path) -> None:
+    before = dict(phantom.TYPE_P)
+    only_ggo = {"solid": 0.0, "calcified": 0.0, "part-solid": 0.0, "ground-glass": 1.0}
+    out = _script().make_dev_set(tmp_path / "dev", 4, seed=5, preset="small", types=only_ggo, shapes="ellipsoid")
+    manifest = pd.read_csv(out / "manifest.csv")
+    nodules = manifest[manifest["kind"] == "nodule"]
+    assert len(nodules) > 0
+    assert set(nodules["nodule_type"]) == {"ground-glass"}
+    assert before == phantom.TYPE_P
+    assert len(list(out.glob("subset*/*.mhd"))) == 4
