@@ -3,12 +3,14 @@
 Ground glass is 9 % of the generator's nodules, so the sets of the split hold a dozen or
 two of them: too few to tell a detector change from noise, and every set that measures
 the candidate stage must stay untouched by its tuning. This script makes ``full``
-phantoms whose nodules are drawn with more ground glass and part-solid (``--types``),
+phantoms whose nodules are drawn with more ground glass and part-solid (:data:`TYPES`),
 everything else as ``nodule synth`` draws it, into ``$NODULE_CACHE/dev/ggo_seed<seed>``.
-It is no data set of the split: nothing learns from it and nothing is measured on it;
-detector variants are compared on it, then measured on held-out sets of the split.
+It is no data set of the split and nothing learns from it. A detector that never saw it
+can be measured on it once; variants tuned on it must then be measured on held-out sets
+of the split. The type probabilities are recorded in the folder (``dev_types.json``), and a
+folder made with other ones is refused.
 
-    python scripts/ggo_dev_set.py --scans 16 --seed 8800
+    python scripts/ggo_dev_set.py --scans 48 --seed 8800
     python scripts/bench_candidates.py --no-timing --uncapped \\
         --sensitivity $NODULE_CACHE/dev/ggo_seed8800
 
@@ -18,6 +20,7 @@ Resumable (a scan already written is skipped), deterministic for a seed.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from unittest import mock
 
@@ -36,7 +39,16 @@ def make_dev_set(
     types: dict[str, float] = TYPES,
     shapes: ShapeSource = "lidc",
 ) -> Path:
-    """Write ``scans`` phantoms of ``preset`` with nodule types drawn from ``types`` into ``out``."""
+    """Write ``scans`` phantoms of ``preset`` with nodule types drawn from ``types`` into ``out``.
+
+    Raises:
+        ValueError: ``out`` holds a development set of other type probabilities.
+    """
+    record = Path(out) / "dev_types.json"
+    if record.exists() and json.loads(record.read_text()) != types:
+        raise ValueError(f"{out} holds a development set of other nodule types: {record.read_text().strip()}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(types, sort_keys=True) + "\n")
     # one process: the patched type probabilities hold in it (workers would import afresh)
     with mock.patch.dict(phantom.TYPE_P, types):
         run_synth(out, scans, seed=seed, preset=preset, jobs=1, shapes=shapes, progress=False)
@@ -45,7 +57,7 @@ def make_dev_set(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scans", type=int, default=16)
+    parser.add_argument("--scans", type=int, default=48)
     parser.add_argument("--seed", type=int, default=8800)
     parser.add_argument("--out", type=Path, default=None, help="default $NODULE_CACHE/dev/ggo_seed<seed>")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from nodule.data import phantom
 
@@ -30,3 +31,12 @@ def test_dev_set_draws_the_given_types_and_leaves_the_generator_alone(tmp_path: 
     assert set(nodules["nodule_type"]) == {"ground-glass"}
     assert before == phantom.TYPE_P
     assert len(list(out.glob("subset*/*.mhd"))) == 4
+
+
+def test_dev_set_refuses_a_folder_of_other_types(tmp_path: Path) -> None:
+    script = _script()
+    out = tmp_path / "dev"
+    script.make_dev_set(out, 1, seed=5, preset="small", shapes="ellipsoid")
+    with pytest.raises(ValueError, match="other nodule types"):
+        script.make_dev_set(out, 2, seed=5, preset="small", types={"solid": 1.0}, shapes="ellipsoid")
+    assert len(list(out.glob("subset*/*.mhd"))) == 1
