@@ -3,7 +3,7 @@
 Three stages, each resumable (a rerun skips what is finished):
 
 1. ``train``: ``scripts/train_synth.py`` with ``configs/default_model.yaml`` (variant
-   ``default``: the configuration as it is, late fusion) on the split's ``train_seed6300``
+   ``default``: the configuration as it is, late fusion) on its data set (``train_seed6300``)
    (subsets 0-6 train, 7 validates, 8-9 test): ``nodule fit``, the test evaluation with a
    bootstrap CI, and the external sets (nodules inserted into LIDC-IDRI-0001 and -0002,
    the real LIDC scans), into ``OUT/default`` with ``OUT/results.json``;
@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nodule.paths import REPO_ROOT, cache_dir, write_text_atomic
 
@@ -49,11 +50,16 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _patch_cache(dataset: str, config: Path) -> str:
-    """Whether a patch cache of the configuration's geometry exists for ``dataset``."""
+def _data_args(config: Path) -> dict[str, Any]:
+    """The ``data.init_args`` of a training configuration."""
     import yaml
 
-    patch = yaml.safe_load(config.read_text())["data"]["init_args"]["patch"]
+    return dict(yaml.safe_load(config.read_text())["data"]["init_args"])
+
+
+def _patch_cache(dataset: str, data: dict[str, Any]) -> str:
+    """Whether a patch cache of the configuration's geometry (``data``: its ``data.init_args``) exists for ``dataset``."""
+    patch = data["patch"]
     geometry = f"v{patch['n_views']}_px{patch['size_px']}_fov{float(patch['fov_mm']):g}_*"
     found = list(cache_dir("patches").glob(f"{dataset}-*/{geometry}"))
     return "present" if found else "empty"
@@ -81,7 +87,7 @@ def _timed(out: Path, stage: str, step: list[str], cache: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "default_model.yaml")
-    parser.add_argument("--dataset", default="train_seed6300", help="training data set of the split")
+    parser.add_argument("--dataset", default=None, help="training data set of the split (default: the configuration's)")
     parser.add_argument("--cv-dataset", default="cv_small_seed7000", help="data set of the cross-validation")
     parser.add_argument("--out", type=Path, default=None, help="experiment folder (default $NODULE_CACHE/experiments/default_model)")
     parser.add_argument("--model-out", type=Path, default=None, help="model file (default: the package's default model)")
@@ -97,8 +103,10 @@ def main() -> None:
     python = sys.executable
     nodule = str(Path(python).parent / "nodule")
     config = args.config.resolve()
+    data = _data_args(config)
+    dataset = args.dataset or str(data["dataset"])
     train_cmd = [
-        python, str(REPO_ROOT / "scripts" / "train_synth.py"), "--dataset", args.dataset,
+        python, str(REPO_ROOT / "scripts" / "train_synth.py"), "--dataset", dataset,
         "--config", str(config), "--variants", "default", "--external", *EXTERNAL,
         "--bootstrap", str(args.bootstrap), "--out", str(out),
     ]
@@ -108,9 +116,9 @@ def main() -> None:
         "--folds", "0-9", "--bootstrap", str(args.bootstrap), "--out", str(cv_dir),
     ]
     if "train" in args.stages:
-        _timed(out, "train", train_cmd, _patch_cache(args.dataset, config))
+        _timed(out, "train", train_cmd, _patch_cache(dataset, data))
     if "crossval" in args.stages:
-        _timed(out, "crossval", cv_cmd, _patch_cache(args.cv_dataset, config))
+        _timed(out, "crossval", cv_cmd, _patch_cache(args.cv_dataset, data))
     if "export" in args.stages:
         from nodule.models.bundle import DEFAULT_MODEL
         from nodule.training.export import export_model
@@ -121,11 +129,9 @@ def main() -> None:
             text = " ".join(cmd).replace(str(REPO_ROOT) + "/", "")
             return text.replace(str(cache_dir()), "$NODULE_CACHE")
 
-        import yaml
-
-        extra = (yaml.safe_load(config.read_text())["data"]["init_args"].get("extra_train")) or []
+        extra = data.get("extra_train") or []
         has_cv = (cv_dir / "summary.json").is_file()
-        sets = [args.dataset, *extra, *([args.cv_dataset] if has_cv else []), *EXTERNAL]
+        sets = [dataset, *extra, *([args.cv_dataset] if has_cv else []), *EXTERNAL]
         stages = "" if has_cv else " --stages train export"
         shown = [
             f"nodule split make {' '.join(sets)} --candidates true",
