@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scripts_loader import load_script
 
 from nodule.candidates.context import CONTEXT_COLUMNS, context_features
 from nodule.candidates.ranker import (
@@ -121,26 +122,13 @@ def test_shipped_ranker_saw_only_the_splits_training_data() -> None:
     assert name == split.name and 1 <= int(version) <= split.version
 
 
-def _script(name: str) -> object:
-    import importlib.util
-
-    from nodule.paths import REPO_ROOT
-
-    path = REPO_ROOT / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_leave_one_set_out_scores_each_set_with_the_others(tmp_path: Path) -> None:
     """Two sets of 3 scans, 300 detections a scan: one per nodule (2 a scan) looks like a
     nodule to the ranker's rule, the rest does not, and the detector scores are random."""
     from nodule.candidates.detect import CandidateConfig
     from nodule.training.labels import LABEL, ON_EXCLUDED, label_candidates
 
-    train = _script("train_candidate_ranker")
+    train = load_script("train_candidate_ranker")
     rng = np.random.default_rng(0)
     pools, roots = [], []
     for k in range(2):
@@ -186,7 +174,7 @@ def test_leave_one_set_out_scores_each_set_with_the_others(tmp_path: Path) -> No
 def test_ranker_script_refuses_an_experiment_over_the_shipped_ranker(tmp_path: Path) -> None:
     """``--sets`` trains on other data than the split's learner: without ``--out`` it would
     overwrite nodule/candidates/ranker.json, so the script stops before reading anything."""
-    train = _script("train_candidate_ranker")
+    train = load_script("train_candidate_ranker")
     with pytest.raises(SystemExit, match="give --out"):
         train.main(["--cache", str(tmp_path), "--sets", "train_seed6100"])  # type: ignore[attr-defined]
     assert not any(tmp_path.iterdir())
@@ -195,6 +183,6 @@ def test_ranker_script_refuses_an_experiment_over_the_shipped_ranker(tmp_path: P
 def test_ranker_script_finds_a_set_under_sets_dir_or_its_default(tmp_path: Path) -> None:
     from nodule.data.sets import dataset_root
 
-    train = _script("train_candidate_ranker")
+    train = load_script("train_candidate_ranker")
     assert train.set_root(tmp_path, "heldout_seed9400") == tmp_path / "heldout_seed9400"  # type: ignore[attr-defined]
     assert train.set_root(None, "heldout_seed9400") == dataset_root("heldout_seed9400")  # type: ignore[attr-defined]

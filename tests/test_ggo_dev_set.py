@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from scripts_loader import load_script
 
 from nodule.data import phantom
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ggo_dev_set.py"
-
-
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("ggo_dev_set", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dev_set_draws_the_given_types_and_leaves_the_generator_alone(tmp_path: Path) -> None:
     before = dict(phantom.TYPE_P)
     only_ggo = {"solid": 0.0, "calcified": 0.0, "part-solid": 0.0, "ground-glass": 1.0}
-    out = _script().make_dev_set(tmp_path / "dev", 4, seed=5, preset="small", types=only_ggo, shapes="ellipsoid")
+    out = load_script("ggo_dev_set").make_dev_set(tmp_path / "dev", 4, seed=5, preset="small", types=only_ggo, shapes="ellipsoid")
     manifest = pd.read_csv(out / "manifest.csv")
     nodules = manifest[manifest["kind"] == "nodule"]
     assert len(nodules) > 0
@@ -34,7 +24,7 @@ def test_dev_set_draws_the_given_types_and_leaves_the_generator_alone(tmp_path: 
 
 
 def test_dev_set_refuses_a_folder_of_other_types(tmp_path: Path) -> None:
-    script = _script()
+    script = load_script("ggo_dev_set")
     out = tmp_path / "dev"
     script.make_dev_set(out, 1, seed=5, preset="small", shapes="ellipsoid")
     with pytest.raises(ValueError, match="other nodule types"):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+from scripts_loader import load_script
 
 from nodule.io import Volume
 from nodule.paths import REPO_ROOT
@@ -58,18 +57,10 @@ def test_realism_script_on_a_small_phantom(real_ct_dir: Path, tmp_path: Path) ->
     assert again["scans"] == result["scans"]
 
 
-def _realism() -> Any:
-    spec = importlib.util.spec_from_file_location("phantom_realism", REPO_ROOT / "scripts" / "phantom_realism.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_findings_are_left_out_of_the_lung_density_rows_not_of_its_volume() -> None:
     """A lung of -850 HU with one 10 mm ball of 0 HU (a recorded nodule): left out with
     its margin, the ball no longer counts as dense lung, and the lung volume stays."""
-    realism = _realism()
+    realism = load_script("phantom_realism")
     a = np.full((40, 64, 64), -850.0, np.float32)
     zz, yy, xx = np.ogrid[:40, :64, :64]
     ball = (zz - 20) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2 <= 5**2
@@ -95,7 +86,7 @@ def test_findings_are_left_out_of_the_lung_density_rows_not_of_its_volume() -> N
 def test_known_findings_of_the_shared_scans(luna16_dir: Path) -> None:
     """CPTAC's recorded lesion (data_manifests); LIDC-IDRI-0001's rows of the LUNA16 tables
     (1 nodule and 25 excluded findings); none for a folder the split does not name."""
-    realism = _realism()
+    realism = load_script("phantom_realism")
     cptac = realism.known_findings("cptac-lscc-c3n-00247")
     assert len(cptac) == 1 and cptac["diameter_mm"].iloc[0] == 18.0
     assert len(realism.known_findings("lidc-idri-0001")) == 26

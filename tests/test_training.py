@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from scripts_loader import load_script
 
 from nodule.patches import Augment, PatchConfig
 from nodule.training.callbacks import submission_table, views_montage
@@ -386,18 +386,6 @@ def test_submission_writer_leaves_no_partial_file(
     assert writer.written == output and len(read_submission(output)) == 4
 
 
-def _script(name: str) -> Any:
-    import importlib.util
-
-    from nodule.paths import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_train_synth_redoes_partial_submissions_and_refuses_other_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -405,7 +393,7 @@ def test_train_synth_redoes_partial_submissions_and_refuses_other_runs(
 
     from nodule.data.luna16 import write_folds
 
-    script = _script("train_synth")
+    script = load_script("train_synth")
     root = tmp_path / "set"
     write_folds(root / "folds", {8: ["a"], 9: ["b"]})
     config = tmp_path / "config.yaml"
