@@ -231,11 +231,12 @@ def candidates(
     summary: Path | None = None,
     max_per_scan: PositiveInt = 150,
     work_spacing_mm: PositiveFloat = 1.0,
+    learned_detector: bool = True,
     progress: bool = True,
     overwrite: bool = False,
     strict: bool = False,
 ) -> None:
-    """Detect nodule candidates (solid, subsolid, large solid, merged) in CT studies.
+    """Detect nodule candidates (solid, subsolid, large solid, learned, merged) in CT studies.
 
     Every study that fails, and every input that yields no study (an empty folder, a
     folder without CT images), is a failed row of the summary with its reason; the batch
@@ -252,20 +253,24 @@ def candidates(
         summary: per-study summary CSV (default: <out stem>_summary.csv beside out).
         max_per_scan: most candidates kept per study (best detector scores).
         work_spacing_mm: isotropic voxel size the detectors work at, mm.
+        learned_detector: run the learned detector (nodule/candidates/learned.py) beside
+            the hand-made ones; false: the hand-made detectors only.
         progress: show a progress bar.
         overwrite: replace existing output files.
         strict: exit with status 1 when any study failed (default: only when all failed).
     """
     from nodule.candidates.batch import run_batch
     from nodule.candidates.detect import CandidateConfig
+    from nodule.candidates.learned import LearnedConfig
     from nodule.errors import batch_exit_code
 
+    learned = LearnedConfig(weights="default" if learned_detector else None)
     result = run_batch(
         inputs,
         out,
         jobs=jobs,
         summary=summary,
-        config=CandidateConfig(work_spacing_mm=work_spacing_mm, max_per_scan=max_per_scan),
+        config=CandidateConfig(work_spacing_mm=work_spacing_mm, max_per_scan=max_per_scan, learned=learned),
         progress=progress,
         overwrite=overwrite,
     )
@@ -304,7 +309,7 @@ def demo(out: Path = Path("demo_out"), seed: NonNegativeInt = 0, train: bool = F
 
 def split_check(split: Path | None = None, ranker: Path | None = None, folders: bool = True) -> None:
     """Check the split description: overlap by scan and patient, roles, real scans' sides,
-    what the candidate ranker was trained on, and the data set folders on disk.
+    what the candidate ranker and the learned candidate detector were trained on, and the data set folders on disk.
 
     Exits with status 1 when a rule is broken.
 
@@ -313,12 +318,16 @@ def split_check(split: Path | None = None, ranker: Path | None = None, folders: 
         ranker: the candidate ranker model to check (default the shipped ranker.json).
         folders: also check the data set folders under $NODULE_CACHE/sets.
     """
+    from nodule.candidates.learned import DEFAULT_DETECTOR, detector_trained_on
     from nodule.candidates.ranker import DEFAULT_RANKER, CandidateRanker
     from nodule.data.sets import check_report
     from nodule.data.splits import load_split
 
     model = CandidateRanker.from_json(ranker or DEFAULT_RANKER)
-    text, ok = check_report(load_split(split), {"ranker": model.trained_on_uids}, folders=folders)
+    learned = {"ranker": model.trained_on_uids}
+    if DEFAULT_DETECTOR.is_file():
+        learned["detector"] = detector_trained_on()
+    text, ok = check_report(load_split(split), learned, folders=folders)
     print(text)
     if not ok:
         raise SystemExit(1)
@@ -451,6 +460,7 @@ def detect(
     strict: bool = False,
     max_candidates: PositiveInt = 150,
     work_spacing_mm: PositiveFloat = 1.0,
+    learned_detector: bool = True,
     max_overlays: NonNegativeInt = 20,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     retry_failed: bool = False,
@@ -483,6 +493,8 @@ def detect(
         strict: exit with status 1 when any study failed.
         max_candidates: candidates scored per study.
         work_spacing_mm: voxel size of the candidate stage's working grid, mm.
+        learned_detector: run the candidate stage's learned detector beside the hand-made
+            ones; false: the hand-made detectors only.
         max_overlays: overlay pictures per study at most (most probable first).
         device: where the model runs (auto: a GPU when there is one).
         retry_failed: also redo studies recorded as failed.
@@ -496,6 +508,7 @@ def detect(
         threshold=threshold,
         max_candidates=max_candidates,
         work_spacing_mm=work_spacing_mm,
+        learned_detector=learned_detector,
         max_overlays=max_overlays,
         device=device,
     )
@@ -736,6 +749,7 @@ ALIASES: dict[tuple[str, ...], dict[str, str]] = {
         "--max-overlays": "--max_overlays",
         "--max-candidates": "--max_candidates",
         "--work-spacing-mm": "--work_spacing_mm",
+        "--learned-detector": "--learned_detector",
     },
 }
 """Options given under another name: jsonargparse keeps ``--config`` for configuration files

@@ -4,7 +4,7 @@
 Timing: each run happens in a fresh process (so that its peak resident memory is the
 study's own) on a ``full`` synthetic scan written as .mhd (generated once, seeded) and
 on the real CT; steps: read, lung mask, crop + resample, solid, subsolid, large solid,
-rank (context features and the learned ranker), merge. Wall and CPU seconds are reported per step (CPU seconds are robust to a
+learned, rank (context features and the learned ranker), merge. Wall and CPU seconds are reported per step (CPU seconds are robust to a
 shared machine); the median of ``--runs`` runs.
 
 Sensitivity (``--sensitivity DIR``): candidates for every scan of a LUNA16-layout
@@ -15,8 +15,8 @@ nodule type (solid / part-solid / ground-glass / calcified), size (3-5 / 5-10 / 
 the folder's ``manifest.csv``), candidates per scan, and the misses. ``--candidates CSV``
 scores an existing candidate CSV of the folder instead of detecting. ``--uncapped``
 keeps every merged candidate (no ``max_per_scan``): the detectors' own sensitivity,
-before the ranker's cut, then the same scored after the cut (the best ``max_per_scan``
-by the ranker) from the same run; ``--limit N`` takes the first N scans (by file name)
+before the ranker's cut, then the same scored after the cut (the learned detector's
+reserved places, then the best by the ranker, ``max_per_scan`` in all) from the same run; ``--limit N`` takes the first N scans (by file name)
 of each subset folder given with ``--subsets``.
 
 Targets: under 8 s per scan end to end on the 2-core machine, peak memory under 3 GB;
@@ -41,7 +41,9 @@ import numpy as np
 import pandas as pd
 from benchlib import fresh_runs
 
-STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "rank", "merge", "total")
+from nodule.candidates.detect import DETECTORS
+
+STEPS = ("read", "lung", "resample", "solid", "subsolid", "large_solid", "learned", "rank", "merge", "total")
 
 
 def _run_once(path: str) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def _run_once(path: str) -> dict[str, Any]:
     c = time.process_time()
     result = detect_candidates(volume, lung)
     cpu_detect = time.process_time() - c
-    for step in ("resample", "solid", "subsolid", "large_solid", "rank", "merge"):
+    for step in STEPS[2:-1]:
         wall[step] = result.seconds.get(step, 0.0)
     wall["total"] = time.perf_counter() - t0
     cpu["detect"] = cpu_detect
@@ -159,7 +161,7 @@ def breakdown(nodules: pd.DataFrame) -> list[str]:
 
     everything = pd.Series(True, index=nodules.index)
     lines = ["overall:", line("all", everything), "per detector (nodules hit by its candidates):"]
-    for d in ("solid", "subsolid", "large_solid"):
+    for d in DETECTORS:
         n = len(nodules)
         h = int(nodules["hit_by"].str.split("+").apply(lambda s, d=d: d in s).sum())
         lines.append(f"  {d:<16s} {h:4d} / {n:<4d} " + (_with_ci(h, n) if n else "  -"))
@@ -174,9 +176,14 @@ def breakdown(nodules: pd.DataFrame) -> list[str]:
 
 
 def _cap(table: pd.DataFrame, per_scan: int) -> pd.DataFrame:
-    """The best ``per_scan`` candidates of each scan by ``probability``."""
-    order = table.sort_values(["seriesuid", "probability"], ascending=[True, False], kind="stable")
-    return order.groupby("seriesuid", sort=False).head(per_scan).reset_index(drop=True)
+    """The ``per_scan`` candidates of each scan that the stage keeps: the learned detector's
+    (their places are reserved, :func:`nodule.candidates.merge.keep_reserved`) and then the
+    best of the others by ``probability``."""
+    reserved = table["detectors"].astype(str).str.split("+").apply(lambda d: "learned" in d)
+    order = table.assign(_first=~reserved).sort_values(
+        ["seriesuid", "_first", "probability"], ascending=[True, True, False], kind="stable"
+    )
+    return order.groupby("seriesuid", sort=False).head(per_scan).drop(columns="_first").reset_index(drop=True)
 
 
 def _inputs(folder: Path, subsets: list[int] | None, limit: int | None) -> list[Path]:

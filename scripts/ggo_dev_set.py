@@ -7,8 +7,8 @@ phantoms whose nodules are drawn with more ground glass and part-solid (:data:`T
 everything else as ``nodule synth`` draws it, into ``$NODULE_CACHE/dev/ggo_seed<seed>``.
 It is no data set of the split and nothing learns from it. A detector that never saw it
 can be measured on it once; variants tuned on it must then be measured on held-out sets
-of the split. The type probabilities are recorded in the folder (``dev_types.json``), and a
-folder made with other ones is refused.
+of the split. The type probabilities are ``nodule synth``'s ``types`` (recorded in the
+folder's ``generator.json``; a folder made with other ones is refused).
 
     python scripts/ggo_dev_set.py --scans 48 --seed 8800
     python scripts/bench_candidates.py --no-timing --uncapped \\
@@ -20,9 +20,7 @@ Resumable (a scan already written is skipped), deterministic for a seed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from unittest import mock
 
 from nodule.data import phantom
 from nodule.data.synth import ShapeSource, run_synth
@@ -38,20 +36,14 @@ def make_dev_set(
     preset: phantom.Preset = "full",
     types: dict[str, float] = TYPES,
     shapes: ShapeSource = "lidc",
+    jobs: int = 1,
 ) -> Path:
     """Write ``scans`` phantoms of ``preset`` with nodule types drawn from ``types`` into ``out``.
 
     Raises:
-        ValueError: ``out`` holds a development set of other type probabilities.
+        ValueError: ``out`` holds a set made with other parameters (other types among them).
     """
-    record = Path(out) / "dev_types.json"
-    if record.exists() and json.loads(record.read_text()) != types:
-        raise ValueError(f"{out} holds a development set of other nodule types: {record.read_text().strip()}")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(types, sort_keys=True) + "\n")
-    # one process: the patched type probabilities hold in it (workers would import afresh)
-    with mock.patch.dict(phantom.TYPE_P, types):
-        run_synth(out, scans, seed=seed, preset=preset, jobs=1, shapes=shapes, progress=False)
+    run_synth(out, scans, seed=seed, preset=preset, jobs=jobs, shapes=shapes, progress=False, types=types)
     return out
 
 
@@ -60,9 +52,10 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=48)
     parser.add_argument("--seed", type=int, default=8800)
     parser.add_argument("--out", type=Path, default=None, help="default $NODULE_CACHE/dev/ggo_seed<seed>")
+    parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     out = args.out or cache_dir("dev", f"ggo_seed{args.seed}")
-    print(make_dev_set(out, args.scans, args.seed))
+    print(make_dev_set(out, args.scans, args.seed, jobs=args.jobs))
 
 
 if __name__ == "__main__":

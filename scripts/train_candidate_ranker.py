@@ -57,9 +57,11 @@ from nodule.training.labels import LABEL, NODULE_ID, ON_EXCLUDED, label_candidat
 
 
 def pool_config(config: CandidateConfig) -> CandidateConfig:
-    """The stage's configuration with every detection kept: no ranker, merging or cap."""
+    """The stage's configuration with every detection of the ranked detectors kept: no
+    ranker, merging or cap, and no learned detector (its peaks are not ranked)."""
     return replace(
-        config, ranker=None, context=True, merge_distance_mm=0.0, merge_radius_fraction=0.0, max_per_scan=10**9
+        config, ranker=None, context=True, merge_distance_mm=0.0, merge_radius_fraction=0.0, max_per_scan=10**9,
+        learned=replace(config.learned, weights=None),
     )
 
 

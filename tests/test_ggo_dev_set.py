@@ -27,6 +27,6 @@ def test_dev_set_refuses_a_folder_of_other_types(tmp_path: Path) -> None:
     script = load_script("ggo_dev_set")
     out = tmp_path / "dev"
     script.make_dev_set(out, 1, seed=5, preset="small", shapes="ellipsoid")
-    with pytest.raises(ValueError, match="other nodule types"):
+    with pytest.raises(ValueError, match="other parameters"):
         script.make_dev_set(out, 2, seed=5, preset="small", types={"solid": 1.0}, shapes="ellipsoid")
     assert len(list(out.glob("subset*/*.mhd"))) == 1

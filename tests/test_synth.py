@@ -167,3 +167,31 @@ def test_lidc_shapes_are_used(tmp_path: Path) -> None:
     manifest = pd.read_csv(tmp_path / "l" / "manifest.csv")
     nod = manifest[manifest["kind"] == "nodule"]
     assert len(nod) and nod["shape_source"].str.startswith("LIDC-IDRI-").all()
+
+
+def test_nodule_types_can_be_chosen_and_are_recorded(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "g"
+    run_synth(out, scans=4, seed=7, types={"ground-glass": 1.0}, **SMALL)  # type: ignore[arg-type]
+    manifest = pd.read_csv(out / "manifest.csv")
+    nodules = manifest[manifest["kind"] == "nodule"]
+    assert len(nodules) > 0 and set(nodules["nodule_type"]) == {"ground-glass"}
+    # the types are recorded: a rerun with other types is refused, the default mix too
+    assert json.loads((out / "generator.json").read_text())["types"]["ground-glass"] == 1.0
+    with pytest.raises(ValueError, match="other parameters"):
+        run_synth(out, scans=4, seed=7, types={"solid": 1.0}, **SMALL)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="other parameters"):
+        run_synth(out, scans=4, seed=7, **SMALL)  # type: ignore[arg-type]
+    # the default mix records no types, so the sets made before types existed still match
+    assert "types" not in json.loads((dataset / "generator.json").read_text())
+    # scans are the same but for the nodules' types: same series, same geometry
+    assert read_seriesuids(out / "seriesuids.csv") == read_seriesuids(dataset / "seriesuids.csv")
+
+
+@pytest.mark.parametrize(
+    "types, message",
+    [({"glass": 1.0}, "must be among"), ({"solid": -0.1, "ground-glass": 1.0}, ">= 0"), ({"solid": 0.0}, "not all 0")],
+)
+def test_bad_nodule_types_are_refused_before_writing(tmp_path: Path, types: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_synth(tmp_path / "bad", scans=1, seed=1, types=types, **SMALL)  # type: ignore[arg-type]
+    assert not (tmp_path / "bad" / "generator.json").exists()

@@ -1,6 +1,6 @@
-"""Candidate detection: solid, subsolid and large-solid detectors, merged per study.
+"""Candidate detection: solid, subsolid, large-solid and learned detectors, merged per study.
 
-After Setio et al. 2016. :func:`detect_candidates` runs all three on one study
+After Setio et al. 2016. :func:`detect_candidates` runs all four on one study
 (:mod:`nodule.candidates.detect`); :func:`run_batch` runs them over many studies and
 writes the candidate CSV (a valid LUNA16 submission) and a per-study summary
 (:mod:`nodule.candidates.batch`).
@@ -16,6 +16,7 @@ from nodule.candidates.detect import (
     detect_candidates,
 )
 from nodule.candidates.large_solid import LargeSolidConfig, detect_large_solid
+from nodule.candidates.learned import LearnedConfig, detect_learned
 from nodule.candidates.merge import merge_candidates
 from nodule.candidates.solid import SolidConfig, detect_solid
 from nodule.candidates.subsolid import SubsolidConfig, detect_subsolid
@@ -26,10 +27,12 @@ __all__ = [
     "CandidateConfig",
     "CandidateResult",
     "LargeSolidConfig",
+    "LearnedConfig",
     "SolidConfig",
     "SubsolidConfig",
     "detect_candidates",
     "detect_large_solid",
+    "detect_learned",
     "detect_solid",
     "detect_subsolid",
     "merge_candidates",

@@ -256,6 +256,13 @@ def summary_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}_summary.csv")
 
 
+def _init_worker(threads: int) -> None:
+    """A worker's torch threads (the learned detector): the cores shared among the workers."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -313,7 +320,7 @@ def run_batch(
             results[i] = process_study(entries[i].path, config)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
             futures = {pool.submit(_job, (entries[i].path, config)): i for i in todo}
             for future in as_completed(futures):
                 i = futures[future]

@@ -1,4 +1,4 @@
-"""All three candidate detectors on one study, ranked, merged, in world coordinates.
+"""All four candidate detectors on one study, ranked, merged, in world coordinates.
 
 :func:`detect_candidates` crops the study to its lungs (plus a margin), resamples the
 crop to an isotropic working grid, runs the solid, subsolid and large-solid detectors
@@ -7,7 +7,11 @@ detection with the learned ranker (:mod:`nodule.candidates.ranker`, on the conte
 features of :mod:`nodule.candidates.context`), maps the centres back to world (x, y, z)
 mm and to the study's own voxels, merges candidates closer than ``merge_distance_mm``
 to a better-scored one (greedily, best first: no chains; each group keeps its best-scored
-member) and keeps the best ``max_per_scan``.
+member) and keeps the best ``max_per_scan``. The learned detector
+(:mod:`nodule.candidates.learned`, a small 3D network on the same 1 mm grid) is not
+ranked: its best peaks hold places of their own among the ``max_per_scan``
+(:func:`~nodule.candidates.merge.keep_reserved`), and the other detectors' candidates
+within ``merge_distance_mm`` of one join it.
 
 Why a learned ranker: on the 100 training scans the detectors' own scores left 15
 nodules out of the best 150, and 11 of those had a detection within their radius,
@@ -31,16 +35,18 @@ import numpy as np
 import pandas as pd
 
 from nodule.candidates.context import CONTEXT_COLUMNS, context_features
+from nodule.candidates.features import detections_frame
 from nodule.candidates.hessian import SmoothingCache
 from nodule.candidates.large_solid import LargeSolidConfig, detect_large_solid
-from nodule.candidates.merge import merge_candidates
+from nodule.candidates.learned import LEARNED_SPACING_MM, LearnedConfig, detect_learned
+from nodule.candidates.merge import keep_reserved, merge_candidates
 from nodule.candidates.ranker import load_ranker
 from nodule.candidates.solid import SolidConfig, detect_solid
 from nodule.candidates.subsolid import SubsolidConfig, detect_subsolid
 from nodule.io import Volume, resample, resample_like
 from nodule.lung import LungMask, segment_lungs
 
-DETECTORS = ("solid", "subsolid", "large_solid")
+DETECTORS = ("solid", "subsolid", "large_solid", "learned")
 
 CANDIDATE_COLUMNS = (
     "seriesuid",
@@ -81,6 +87,10 @@ class CandidateConfig:
         solid: solid detector parameters.
         subsolid: subsolid detector parameters.
         large_solid: large-solid detector parameters.
+        learned: learned detector parameters (:mod:`nodule.candidates.learned`): its
+            peaks skip the ranker and hold up to ``learned.max_candidates`` of the
+            ``max_per_scan`` places; the other detectors' candidates within
+            ``merge_distance_mm`` of one join it.
         ranker: the learned ranker that scores every detection before merging
             (:mod:`nodule.candidates.ranker`): ``"default"`` the shipped model, or the
             path of another; None ranks by the detectors' own scores.
@@ -97,6 +107,7 @@ class CandidateConfig:
     solid: SolidConfig = field(default_factory=SolidConfig)
     subsolid: SubsolidConfig = field(default_factory=SubsolidConfig)
     large_solid: LargeSolidConfig = field(default_factory=LargeSolidConfig)
+    learned: LearnedConfig = field(default_factory=LearnedConfig)
     ranker: str | None = "default"
     context: bool = False
 
@@ -152,13 +163,57 @@ def _crop(volume: Volume, labels: np.ndarray, margin_mm: float) -> tuple[Volume,
     return image, mask
 
 
-def keep_best(table: pd.DataFrame, config: CandidateConfig) -> pd.DataFrame:
+def working_grid(volume: Volume, labels: np.ndarray, config: CandidateConfig = CandidateConfig()) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """The study cut to its lungs (``labels`` at its geometry) plus ``config.margin_mm`` and
+    resampled to the isotropic working grid: the grid, its HU clipped to [-1024, 400]
+    (float32) and the lung labels on it."""
+    crop, crop_labels = _crop(volume, labels, config.margin_mm)
+    s = config.work_spacing_mm
+    work = resample(crop, (s, s, s))
+    work_labels = resample_like(crop_labels, work, is_mask=True).array
+    # bone and calcium above 400 HU are clipped: a rib next to the pleura must not
+    # dominate the blob measure; every threshold of the detectors lies below
+    array = np.clip(work.array.astype(np.float32, copy=False), -1024.0, 400.0)
+    return work, array, work_labels
+
+
+def keep_best(table: pd.DataFrame, config: CandidateConfig, reserved: pd.DataFrame | None = None) -> pd.DataFrame:
     """One study's scored detections (``score``, ``detector``, world ``coordX/Y/Z``, ``diameter_mm``)
-    merged (:func:`~nodule.candidates.merge.merge_candidates`) and cut to the best ``max_per_scan``."""
-    merged = merge_candidates(
-        table, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction, chain=config.merge_chain
+    merged (:func:`~nodule.candidates.merge.merge_candidates`) and cut to the best ``max_per_scan``;
+    ``reserved`` detections (the learned detector's, merged among themselves) are kept first
+    (:func:`~nodule.candidates.merge.keep_reserved`)."""
+
+    def merge(rows: pd.DataFrame) -> pd.DataFrame:
+        return merge_candidates(rows, config.merge_distance_mm, radius_fraction=config.merge_radius_fraction, chain=config.merge_chain)
+
+    if reserved is None or len(reserved) == 0:
+        return merge(table).iloc[: config.max_per_scan]
+    return keep_reserved(merge(table), merge(reserved), config.merge_distance_mm, config.max_per_scan)
+
+
+def _place(table: pd.DataFrame, work: Volume, volume: Volume) -> pd.DataFrame:
+    """Detections (working-grid ``z, y, x``) with world ``coordX/Y/Z`` and the study's ``voxelZ/Y/X``."""
+    world = work.voxel_to_world(table[["z", "y", "x"]].to_numpy(dtype=np.float64))
+    vox = volume.world_to_voxel(world)
+    return table.assign(
+        coordX=world[:, 0], coordY=world[:, 1], coordZ=world[:, 2],
+        voxelZ=vox[:, 0], voxelY=vox[:, 1], voxelX=vox[:, 2],
     )
-    return merged.iloc[: config.max_per_scan]
+
+
+def _learned(
+    volume: Volume, labels: np.ndarray, config: CandidateConfig, grid: tuple[Volume, np.ndarray, np.ndarray]
+) -> pd.DataFrame:
+    """The learned detector's detections, placed (:func:`_place`), ``detector_score`` its
+    probability; it runs on the working grid ``grid`` when that is 1 mm, else on a 1 mm
+    grid of its own."""
+    if config.learned.weights is None:
+        return _place(detections_frame([], "learned"), grid[0], volume).assign(detector_score=0.0)
+    work, array, work_labels = grid
+    if not np.allclose(work.spacing_zyx, LEARNED_SPACING_MM, atol=1e-3):
+        work, array, work_labels = working_grid(volume, labels, replace(config, work_spacing_mm=LEARNED_SPACING_MM))
+    found = detect_learned(array, work_labels > 0, work.spacing_zyx, config.learned)
+    return _place(found, work, volume).assign(detector_score=found["score"].to_numpy())
 
 
 def detect_candidates(
@@ -166,7 +221,7 @@ def detect_candidates(
     lung: LungMask | np.ndarray | None = None,
     config: CandidateConfig = CandidateConfig(),
 ) -> CandidateResult:
-    """Run the three detectors on one study and merge their candidates.
+    """Run the four detectors on one study and merge their candidates.
 
     Args:
         volume: the CT in HU.
@@ -189,13 +244,7 @@ def detect_candidates(
         return CandidateResult(empty_candidates(), 0.0, counts, seconds)
 
     t = time.perf_counter()
-    crop, crop_labels = _crop(volume, labels, config.margin_mm)
-    s = config.work_spacing_mm
-    work = resample(crop, (s, s, s))
-    work_labels = resample_like(crop_labels, work, is_mask=True).array
-    # bone and calcium above 400 HU are clipped: a rib next to the pleura must not
-    # dominate the blob measure; every threshold of the detectors lies below
-    array = np.clip(work.array.astype(np.float32, copy=False), -1024.0, 400.0)
+    work, array, work_labels = working_grid(volume, labels, config)
     spacing = work.spacing_zyx
     seconds["resample"] = time.perf_counter() - t
 
@@ -212,14 +261,18 @@ def detect_candidates(
         seconds[name] = time.perf_counter() - t
         counts[name] = len(det)
         found.append(det)
+    t = time.perf_counter()
+    learned = _learned(volume, labels, config, (work, array, work_labels))  # skips the ranker
+    seconds["learned"] = time.perf_counter() - t
+    counts["learned"] = len(learned)
 
     table = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else found[0]
-    if len(table) == 0:
+    if len(table) == 0 and len(learned) == 0:
         seconds["merge"] = 0.0
         return CandidateResult(empty_candidates(), lung_ml, counts, seconds)
     zyx = table[["z", "y", "x"]].to_numpy(dtype=np.float64)
     table = table.reset_index(drop=True).assign(detector_score=table["score"].to_numpy())
-    if config.context or config.ranker is not None:
+    if len(table) and (config.context or config.ranker is not None):
         t = time.perf_counter()
         ctx = context_features(array, lungs, spacing, zyx, table["diameter_mm"].to_numpy(), smoothed)
         table = pd.concat([table, ctx], axis=1)
@@ -229,13 +282,7 @@ def detect_candidates(
         seconds["rank"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    world = work.voxel_to_world(zyx)
-    vox = volume.world_to_voxel(world)
-    table = table.assign(
-        coordX=world[:, 0], coordY=world[:, 1], coordZ=world[:, 2],
-        voxelZ=vox[:, 0], voxelY=vox[:, 1], voxelX=vox[:, 2],
-    )
-    merged = keep_best(table, config)
+    merged = keep_best(_place(table, work, volume), config, learned)
     out = pd.DataFrame(
         {
             "seriesuid": [volume.series_uid] * len(merged),

@@ -91,3 +91,35 @@ def merge_candidates(
     out["n_merged"] = sizes[group[first]]
     out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     return out
+
+
+def keep_reserved(
+    ranked: pd.DataFrame,
+    reserved: pd.DataFrame,
+    distance_mm: float,
+    limit: int,
+    position_columns: tuple[str, str, str] = ("coordX", "coordY", "coordZ"),
+) -> pd.DataFrame:
+    """``limit`` candidates: every ``reserved`` one (merged tables, :func:`merge_candidates`),
+    then the best of ``ranked`` farther than ``distance_mm`` from all of them.
+
+    A ranked candidate within ``distance_mm`` of a reserved one is dropped and its
+    ``detectors`` join that one's. The result is sorted by ``score`` (best first), with a
+    fresh index; reserved candidates beyond ``limit`` are cut, the worst first.
+    """
+    reserved = reserved.sort_values("score", ascending=False, kind="stable").iloc[:limit].reset_index(drop=True)
+    if len(reserved) == 0:
+        return ranked.iloc[:limit].reset_index(drop=True)
+    ranked = ranked.reset_index(drop=True)
+    if len(ranked):
+        dist, nearest = cKDTree(reserved[list(position_columns)].to_numpy(np.float64)).query(
+            ranked[list(position_columns)].to_numpy(np.float64)
+        )
+        close = dist < distance_mm
+        names = [set(str(d).split("+")) for d in reserved["detectors"]]
+        for i, j in zip(np.flatnonzero(close).tolist(), nearest[close].tolist(), strict=True):
+            names[j] |= set(str(ranked.at[i, "detectors"]).split("+"))
+        reserved["detectors"] = ["+".join(sorted(n)) for n in names]
+        ranked = ranked[~close].iloc[: limit - len(reserved)]
+    out = pd.concat([reserved, ranked], ignore_index=True) if len(ranked) else reserved
+    return out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)

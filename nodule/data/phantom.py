@@ -39,6 +39,7 @@ Finding proportions (documented choices):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -400,6 +401,22 @@ def _draw_diameter(rng: np.random.Generator) -> float:
     return float(np.clip(d, *DIAMETER_RANGE))
 
 
+def check_type_p(type_p: Mapping[Any, float]) -> dict[NoduleType, float]:
+    """Nodule type probabilities in :data:`TYPE_P`'s order, checked: known types, none
+    negative, a positive sum (they are normalised when drawn).
+
+    Raises:
+        ValueError: an unknown type, a negative or non-finite probability, or all zero.
+    """
+    unknown = sorted(set(type_p) - set(TYPE_P))
+    if unknown:
+        raise ValueError(f"nodule types must be among {list(TYPE_P)}, got {unknown}")
+    values = {t: float(type_p.get(t, 0.0)) for t in TYPE_P}
+    if any(not math.isfinite(v) or v < 0 for v in values.values()) or sum(values.values()) <= 0:
+        raise ValueError(f"nodule type probabilities must be finite, >= 0 and not all 0, got {dict(type_p)}")
+    return values
+
+
 def _choice(rng: np.random.Generator, probs: dict[Any, float]) -> Any:
     keys = list(probs)
     p = np.array([probs[k] for k in keys], float)
@@ -510,15 +527,17 @@ def _findings(
     rng: np.random.Generator,
     structures: _Structures,
     bank: ShapeBank | None,
+    type_p: Mapping[NoduleType, float] | None = None,
 ) -> tuple[list[_Placed], np.ndarray]:
-    """Nodules, small nodules and non-nodules; returns them and the scar capsules."""
+    """Nodules, small nodules and non-nodules (nodule types drawn from ``type_p``, default
+    :data:`TYPE_P`); returns them and the scar capsules."""
     vessels = structures.lung_vessels
     obstacles = structures.obstacles()
     placed: list[_Placed] = []
     taken: list[tuple[np.ndarray, float]] = []
     for _ in range(_draw_count(rng)):
         d = _draw_diameter(rng)
-        ntype: NoduleType = _choice(rng, TYPE_P)
+        ntype: NoduleType = _choice(rng, dict(type_p or TYPE_P))
         attach: str = _choice(rng, ATTACHMENT_P)
         c = _place(plan, rng, attach, d / 2.0, vessels, taken, obstacles)
         if c is None:
@@ -825,6 +844,7 @@ def generate_phantom(
     shape_bank: ShapeBank | None = None,
     series_uid: str | None = None,
     air_noise: float | None = None,
+    type_p: Mapping[NoduleType, float] | None = None,
 ) -> PhantomScan:
     """Generate one synthetic chest CT with its findings.
 
@@ -847,6 +867,8 @@ def generate_phantom(
         series_uid: the SeriesInstanceUID; default :func:`default_series_uid`.
         air_noise: fix the noise SD in air outside the body relative to the body's
             (:class:`~nodule.data.scanner.ScannerSettings`).
+        type_p: probabilities of the nodule types (:func:`check_type_p`); default
+            :data:`TYPE_P`, the mix of a screening population.
 
     Returns:
         The phantom scan.
@@ -887,7 +909,7 @@ def generate_phantom(
     y = ys.astype(np.float32)[None, :, None]
 
     structures = _structures(plan, spec, r_tree, z_lo, z_hi)
-    placed, scars = _findings(plan, r_find, structures, shape_bank)
+    placed, scars = _findings(plan, r_find, structures, shape_bank, check_type_p(type_p) if type_p is not None else None)
     fixed = _fixed_fields(plan, x, y, ps, r_tex)
 
     st = scanner.slice_thickness

@@ -172,7 +172,10 @@ def make_dataset(
                 f"or give the data set generator {GENERATOR_VERSION} (new scans, a new data set)"
             )
 
-        run_synth(out=out, scans=int(p["scans"]), seed=int(p["seed"]), preset=p["preset"], jobs=jobs, progress=progress)
+        run_synth(
+            out=out, scans=int(p["scans"]), seed=int(p["seed"]), preset=p["preset"], jobs=jobs, progress=progress,
+            types=p.get("types"),
+        )
     elif dataset.kind == "insert":
         from nodule.data.insert import build_insert_dataset
         from nodule.data.shapes import load_shape_bank

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -53,7 +54,10 @@ def _params(
     noise: float | None,
     shapes: str,
     shape_patients: int | None,
+    types: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
+    # ``types`` is recorded only when given: the sets made before it existed still match
+    extra = {"types": phantom.check_type_p(types)} if types is not None else {}
     return {
         "generator": "nodule.data.phantom",
         "version": phantom.GENERATOR_VERSION,
@@ -67,6 +71,7 @@ def _params(
         "shapes": shapes,
         "shape_bank_version": BANK_VERSION if shapes == "lidc" else None,
         "shape_patients": shape_patients,
+        **extra,
     }
 
 
@@ -139,6 +144,7 @@ def _one(args: tuple[int, dict[str, Any], str]) -> dict[str, Any]:
         noise=params["noise"],
         shape_bank=_BANK,
         series_uid=uid,
+        type_p=params.get("types"),
     )
     record = {
         "scan": scan.meta,
@@ -162,6 +168,7 @@ def run_synth(
     shapes: ShapeSource = "lidc",
     shape_patients: int | None = None,
     progress: bool = True,
+    types: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Generate ``scans`` phantom scans into ``out`` in the LUNA16 layout.
 
@@ -179,6 +186,8 @@ def run_synth(
         shapes: ``lidc`` (nodule shapes from the LIDC shape bank) or ``ellipsoid``.
         shape_patients: use a shape bank of this many LIDC patients (tests).
         progress: show a progress bar.
+        types: nodule type probabilities (:func:`nodule.data.phantom.check_type_p`);
+            default the generator's screening mix (:data:`nodule.data.phantom.TYPE_P`).
 
     Returns:
         Name -> path of the dataset tables (plus ``generator``).
@@ -191,7 +200,7 @@ def run_synth(
     check_synth_arguments(scans, seed, preset, fmt, jobs, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients)
     out = Path(out)
     check_output_dir(out, [], overwrite=True)
-    params = _params(seed, preset, fmt, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients)
+    params = _params(seed, preset, fmt, slice_thickness, pixel_spacing, kernel, noise, shapes, shape_patients, types)
     uids = [phantom.default_series_uid(seed, i, preset) for i in range(int(scans))]
     # sets made before the version was recorded used bank version 1
     claim_folder(out, params, uids, legacy={"shape_bank_version": 1 if shapes == "lidc" else None})

@@ -24,6 +24,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from nodule.candidates.detect import CandidateConfig, detect_candidates
+from nodule.candidates.learned import LearnedConfig
 from nodule.detection.checks import InputLimits, input_warnings
 from nodule.detection.studies import StudyRef
 from nodule.io import Volume, read_volume
@@ -51,6 +52,8 @@ class DetectSettings:
         max_candidates: candidates scored per study (the candidate stage's cap).
         work_spacing_mm: voxel size of the candidate stage's working grid (coarser is
             faster and misses more small nodules).
+        learned_detector: run the candidate stage's learned detector
+            (:mod:`nodule.candidates.learned`); False: the hand-made detectors only.
         merge_distance_mm: detections closer than this (or inside a more probable one's
             radius) are merged into the more probable.
         max_overlays: overlay PNGs per study at most (the most probable findings first).
@@ -61,6 +64,7 @@ class DetectSettings:
     threshold: float | None = None
     max_candidates: int = 150
     work_spacing_mm: float = 1.0
+    learned_detector: bool = True
     merge_distance_mm: float = 8.0
     max_overlays: int = 20
     batch_size: int = 256
@@ -236,7 +240,11 @@ def run_study(
         row["study_id"] = study_id
         lung = _timed(seconds, "lung", lambda: segment_lungs(volume))
         warnings = input_warnings(volume, lung, InputLimits())
-        config = CandidateConfig(max_per_scan=settings.max_candidates, work_spacing_mm=settings.work_spacing_mm)
+        config = CandidateConfig(
+            max_per_scan=settings.max_candidates,
+            work_spacing_mm=settings.work_spacing_mm,
+            learned=LearnedConfig(weights="default" if settings.learned_detector else None),
+        )
         found = _timed(seconds, "candidates", lambda: detect_candidates(volume, lung, config))
         table = found.candidates
         centres = table[["coordX", "coordY", "coordZ"]].to_numpy(np.float64)

@@ -239,25 +239,26 @@ def check_fold_separation(
                     )
 
 
-def check_ranker(uids: Iterable[str], trained_on: Sequence[str] | None, what: str) -> None:
-    """The candidate ranker must not have been trained on a scan that is cross-validated or
-    externally tested (its candidates would be easier there).
+def check_ranker(uids: Iterable[str], trained_on: Sequence[str] | None, what: str, part: str = "the candidate ranker") -> None:
+    """A learned part of the candidate stage (``part``: the ranker, or the learned detector)
+    must not have been trained on a scan that is cross-validated or externally tested (its
+    candidates would be easier there).
 
     Raises:
-        CrossvalError: naming the overlap. Warns instead when the ranker records no
+        CrossvalError: naming the overlap. Warns instead when the part records no
         training scans (its leakage cannot be checked until it is retrained).
     """
     if trained_on is None:
         warnings.warn(
-            "the candidate ranker records no training scans (info.trained_on_uids): whether it saw "
-            f"scans of {what} cannot be checked; retrain it with scripts/train_candidate_ranker.py",
+            f"{part} records no training scans (info.trained_on_uids): whether it saw "
+            f"scans of {what} cannot be checked; retrain it (scripts/train_candidate_*.py)",
             stacklevel=2,
         )
         return
     overlap = sorted(set(uids) & set(trained_on))
     if overlap:
         raise CrossvalError(
-            f"the candidate ranker was trained on {len(overlap)} scans of {what}: {_some(overlap)}; "
+            f"{part} was trained on {len(overlap)} scans of {what}: {_some(overlap)}; "
             "its candidates there are not a fair test"
         )
 
@@ -585,6 +586,7 @@ def run_crossval(
     """
     from tqdm.auto import tqdm
 
+    from nodule.candidates.learned import DEFAULT_DETECTOR, detector_trained_on
     from nodule.candidates.ranker import load_ranker
     from nodule.data.splits import load_split
 
@@ -617,9 +619,14 @@ def run_crossval(
     check_fold_separation(plans, assignment, patient_of)
     externals = _external_sets(external)
     model = load_ranker(str(ranker) if ranker is not None else None)
-    check_ranker(uids, model.trained_on_uids, f"the cross-validated data {root}")
+    parts = {"the candidate ranker": model.trained_on_uids}
+    if DEFAULT_DETECTOR.is_file():
+        parts["the learned candidate detector"] = detector_trained_on()
+    for part, seen in parts.items():
+        check_ranker(uids, seen, f"the cross-validated data {root}", part)
+        for ext in externals:
+            check_ranker(ext.seriesuids, seen, f"the external set {ext.root}", part)
     for ext in externals:
-        check_ranker(ext.seriesuids, model.trained_on_uids, f"the external set {ext.root}")
         ext_patients = set(patients_of(ext.seriesuids, description).values())
         shared = sorted(ext_patients & set(patient_of.values()))
         if shared:

@@ -50,6 +50,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nodule.candidates.learned import DEFAULT_DETECTOR, detector_trained_on
 from nodule.candidates.ranker import DEFAULT_RANKER, CandidateRanker
 from nodule.data.luna16 import (
     read_annotations,
@@ -648,23 +649,28 @@ class Luna16DataModule(pl.LightningDataModule):
 
     def _check_scans(self, fold_of: dict[str, int]) -> None:
         """Refuse a root that is not the configured data set, and scans the candidate ranker
-        was trained on in the validation, test or prediction folds."""
+        or the learned candidate detector was trained on in the validation, test or prediction folds."""
         if self.dataset is not None:
             check_dataset_folder(load_split(self.split_file), self.dataset, self.root)
         for name, root in self.extra_sets:
             check_dataset_folder(load_split(self.split_file), name, root)
         ranker = CandidateRanker.from_json(self.ranker_path or DEFAULT_RANKER)
-        seen = set(ranker.trained_on_uids or ())
-        for split in ("val", "test", "predict"):
-            folds = set(self.fold_lists[split])
-            leaked = sorted(u for u, k in fold_of.items() if k in folds and u in seen)
-            if leaked:
-                raise ValueError(
-                    f"the candidate ranker {self.ranker_path or DEFAULT_RANKER} was trained on {len(leaked)} "
-                    f"{split} scan(s) of {self.root} (folds {sorted(folds)}, e.g. {leaked[0]}): "
-                    "a model measured on them would be measured on data a learned part saw; "
-                    "retrain the ranker on other data (scripts/train_candidate_ranker.py)"
-                )
+        parts = {
+            f"the candidate ranker {self.ranker_path or DEFAULT_RANKER}": (ranker.trained_on_uids, "train_candidate_ranker.py"),
+            f"the learned candidate detector {DEFAULT_DETECTOR}": (detector_trained_on(), "train_candidate_detector.py"),
+        }
+        for part, (uids, script) in parts.items():
+            seen = set(uids or ())
+            for split in ("val", "test", "predict"):
+                folds = set(self.fold_lists[split])
+                leaked = sorted(u for u, k in fold_of.items() if k in folds and u in seen)
+                if leaked:
+                    raise ValueError(
+                        f"{part} was trained on {len(leaked)} "
+                        f"{split} scan(s) of {self.root} (folds {sorted(folds)}, e.g. {leaked[0]}): "
+                        "a model measured on them would be measured on data a learned part saw; "
+                        f"retrain it on other data (scripts/{script})"
+                    )
 
     # ------------------------------------------------------------------ tables
 
