@@ -264,7 +264,7 @@ def candidates(
     from nodule.candidates.learned import LearnedConfig
     from nodule.errors import batch_exit_code
 
-    learned = LearnedConfig(weights="default" if learned_detector else None)
+    learned = LearnedConfig() if learned_detector else LearnedConfig(weights=None)
     result = run_batch(
         inputs,
         out,

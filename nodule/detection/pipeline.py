@@ -243,7 +243,7 @@ def run_study(
         config = CandidateConfig(
             max_per_scan=settings.max_candidates,
             work_spacing_mm=settings.work_spacing_mm,
-            learned=LearnedConfig(weights="default" if settings.learned_detector else None),
+            learned=LearnedConfig() if settings.learned_detector else LearnedConfig(weights=None),
         )
         found = _timed(seconds, "candidates", lambda: detect_candidates(volume, lung, config))
         table = found.candidates
