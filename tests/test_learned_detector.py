@@ -113,3 +113,36 @@ def test_training_crop_moves_the_target_with_the_image(tmp_path: Path) -> None:
         cell = np.argwhere(label > 0)
         assert len(cell) == 1
         np.testing.assert_allclose(cell[0] * CELL + offset[(slice(None), *cell[0])] * CELL, found, atol=0.5)
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Weights of an untrained network: the stage's plumbing, not the detector's skill."""
+    torch.manual_seed(1)
+    return str(save_detector(CandidateNet((4, 4, 8)), tmp_path_factory.mktemp("det") / "det.pt", {}))
+
+
+@pytest.mark.parametrize("spacing", [1.0, 1.5])
+def test_stage_gives_the_learned_peaks_their_places(random_weights: str, spacing: float) -> None:
+    from nodule.candidates import CandidateConfig, detect_candidates
+    from tests.test_candidates import make_phantom
+
+    phantom = make_phantom()
+    quota = 7
+    on = CandidateConfig(work_spacing_mm=spacing, max_per_scan=20, learned=LearnedConfig(weights=random_weights, max_candidates=quota, min_probability=0.0))
+    off = CandidateConfig(work_spacing_mm=spacing, max_per_scan=20, learned=LearnedConfig(weights=None))
+    with_learned = detect_candidates(phantom.volume, phantom.labels, on)
+    without = detect_candidates(phantom.volume, phantom.labels, off)
+    assert with_learned.counts["learned"] == quota and without.counts["learned"] == 0
+    assert "learned" in with_learned.seconds
+    learned = with_learned.candidates["detectors"].str.split("+").apply(lambda d: "learned" in d)
+    assert learned.sum() == quota  # every peak kept (the phantom's peaks lie > 5 mm apart)
+    assert not without.candidates["detectors"].str.contains("learned").any()
+    # the other places go to the best ranked candidates that are not within 5 mm of a peak
+    xyz = ["coordX", "coordY", "coordZ"]
+    peaks = with_learned.candidates.loc[learned, xyz].to_numpy()
+    ranked = without.candidates[xyz].to_numpy()
+    free = ranked[np.linalg.norm(ranked[:, None] - peaks[None], axis=2).min(axis=1) >= 5.0][: 20 - quota]
+    kept = with_learned.candidates.loc[~learned, xyz].to_numpy()
+    assert len(kept) == len(free) > 0
+    np.testing.assert_allclose(np.sort(kept, axis=0), np.sort(free, axis=0))
