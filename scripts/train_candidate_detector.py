@@ -10,9 +10,11 @@ that ``nodule split check`` can refuse a test on them.
 1. Patches (resumable: one ``.npz`` per scan under ``--cache/<set>``): each scan is read,
    its lungs segmented and cut to the candidate stage's 1 mm working grid
    (:func:`nodule.candidates.detect.working_grid`); cubes of ``PATCH`` voxels (int16 HU)
-   are cut around every nodule, ``--random`` random lung voxels and ``--dense`` lung voxels
-   of -750 to -450 HU (vessel walls and tips, partial-volume rims: the confusers of faint
-   ground glass), with the scan's nodules and excluded findings in working voxels.
+   are cut around every nodule, ``--random`` random lung voxels, ``--dense`` lung voxels
+   of -750 to -450 HU (vessel walls, partial-volume rims) and ``--blobs`` local maxima of
+   the HU smoothed at 1.5 mm that lie between -700 and -300 HU (small vessels' tips,
+   bifurcations and crossings: the confusers of faint ground glass), with the scan's nodules and excluded findings in
+   working voxels.
 2. Training: random ``CROP`` cubes of those patches (flips, y/x transposes), half of them
    around nodules (nodules under 8 mm drawn twice as often), the loss a focal loss on the
    cells' labels (:func:`nodule.candidates.learned.training_target`) plus a smooth L1 on the
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from nodule.candidates.detect import working_grid
@@ -76,9 +79,9 @@ def cut(array: np.ndarray, corner: np.ndarray, size: int, fill: float = -1024.0)
     return out
 
 
-def extract_scan(task: tuple[str, str, str, str, str, int, int, int]) -> str:
+def extract_scan(task: tuple[str, str, str, str, str, int, int, int, int]) -> str:
     """Write one scan's patches (see the module docstring) to its ``.npz``; skip a scan already done."""
-    mhd, uid, ann_csv, exc_csv, out, seed, n_random, n_dense = task
+    mhd, uid, ann_csv, exc_csv, out, seed, n_random, n_dense, n_blobs = task
     target = Path(out)
     if target.exists():
         return "skipped"
@@ -96,6 +99,11 @@ def extract_scan(task: tuple[str, str, str, str, str, int, int, int]) -> str:
     picks = [rng.choice(lung_idx, min(n_random, len(lung_idx)), replace=False)] if len(lung_idx) else []
     if len(dense_idx):
         picks.append(rng.choice(dense_idx, min(n_dense, len(dense_idx)), replace=False))
+    smooth = ndi.gaussian_filter(array, 1.5)
+    faint = lung & (smooth > -700.0) & (smooth < -300.0)
+    blob_idx = np.flatnonzero(faint & (smooth == ndi.maximum_filter(smooth, size=5)))
+    if len(blob_idx):
+        picks.append(rng.choice(blob_idx, min(n_blobs, len(blob_idx)), replace=False))
     negatives = np.column_stack(np.unravel_index(np.concatenate(picks), array.shape)) if picks else np.zeros((0, 3))
     centres = np.vstack([np.rint(nodules[:, :3]), negatives]).astype(int)
     kinds = np.array([1] * len(nodules) + [0] * len(negatives), np.int8)
@@ -109,7 +117,7 @@ def extract_scan(task: tuple[str, str, str, str, str, int, int, int]) -> str:
     return "done"
 
 
-def build_cache(split_path: Path, sets_dir: Path, cache: Path, seed: int, n_random: int, n_dense: int, jobs: int) -> list[Path]:
+def build_cache(split_path: Path, sets_dir: Path, cache: Path, seed: int, n_random: int, n_dense: int, n_blobs: int, jobs: int) -> list[Path]:
     """Patches of every training scan of the learner ``detector``; returns their files."""
     split = load_split(split_path)
     scans = split.training_scans("detector")
@@ -120,7 +128,7 @@ def build_cache(split_path: Path, sets_dir: Path, cache: Path, seed: int, n_rand
         for row in group.itertuples():
             mhd = root / f"subset{int(row.subset)}" / f"{row.seriesuid}.mhd"
             out = cache / str(name) / f"{row.seriesuid}.npz"
-            tasks.append((str(mhd), str(row.seriesuid), str(root / "annotations.csv"), str(root / "annotations_excluded.csv"), str(out), seed, n_random, n_dense))
+            tasks.append((str(mhd), str(row.seriesuid), str(root / "annotations.csv"), str(root / "annotations_excluded.csv"), str(out), seed, n_random, n_dense, n_blobs))
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             list(tqdm(pool.map(extract_scan, tasks), total=len(tasks), desc="patches"))
@@ -250,7 +258,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="default $NODULE_CACHE/detector")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "nodule" / "candidates" / "detector.pt")
     parser.add_argument("--random", type=int, default=8, help="random lung patches per scan")
-    parser.add_argument("--dense", type=int, default=12, help="patches at -750 to -450 HU per scan")
+    parser.add_argument("--dense", type=int, default=8, help="patches at -750 to -450 HU per scan")
+    parser.add_argument("--blobs", type=int, default=12, help="patches at bright local maxima per scan")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -264,7 +273,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sets_dir = args.sets_dir or cache_dir("sets")
     cache = args.cache or cache_dir("detector")
-    files = build_cache(args.split, sets_dir, cache, args.seed, args.random, args.dense, args.jobs)
+    files = build_cache(args.split, sets_dir, cache, args.seed, args.random, args.dense, args.blobs, args.jobs)
     if args.patches_only:
         return
     data = PatchSet(files)
@@ -285,6 +294,7 @@ def main() -> None:
         "seed": args.seed,
         "random": args.random,
         "dense": args.dense,
+        "blobs": args.blobs,
     }
     print(save_detector(net, args.out, info))
 

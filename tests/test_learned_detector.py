@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scripts_loader import load_script
 
 from nodule.candidates.learned import (
     CELL,
@@ -22,7 +23,6 @@ from nodule.candidates.learned import (
     training_target,
 )
 from nodule.candidates.merge import keep_reserved
-from tests.scripts_loader import load_script
 
 
 def test_target_marks_the_cell_nearest_the_centre_with_its_offset() -> None:
@@ -124,8 +124,9 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.parametrize("spacing", [1.0, 1.5])
 def test_stage_gives_the_learned_peaks_their_places(random_weights: str, spacing: float) -> None:
+    from test_candidates import make_phantom
+
     from nodule.candidates import CandidateConfig, detect_candidates
-    from tests.test_candidates import make_phantom
 
     phantom = make_phantom()
     quota = 7

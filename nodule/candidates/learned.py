@@ -126,6 +126,8 @@ def load_detector(path: str | None = None) -> tuple[CandidateNet, dict[str, Any]
     net = CandidateNet(payload["channels"])
     net.load_state_dict(payload["state_dict"])
     net.eval()
+    # channels-last 3D convolutions run about a third faster on CPU (oneDNN)
+    net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     return net, dict(payload.get("info", {}))
 
 
@@ -146,7 +148,8 @@ def predict(net: CandidateNet, array: np.ndarray) -> tuple[np.ndarray, np.ndarra
     scaled: np.ndarray = scale_hu(array)
     x = np.pad(scaled, pad, mode="constant", constant_values=(HU_RANGE[0] + 400.0) / 400.0)
     with torch.inference_mode():
-        out = net(torch.from_numpy(np.ascontiguousarray(x))[None, None])[0].numpy()
+        inputs = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(memory_format=torch.channels_last_3d)
+        out = net(inputs)[0].contiguous().numpy()
     return 1.0 / (1.0 + np.exp(-out[0].astype(np.float64))), out[1:].astype(np.float64) * CELL
 
 
