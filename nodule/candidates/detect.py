@@ -8,7 +8,8 @@ features of :mod:`nodule.candidates.context`), maps the centres back to world (x
 mm and to the study's own voxels, merges candidates closer than ``merge_distance_mm``
 to a better-scored one (greedily, best first: no chains; each group keeps its best-scored
 member) and keeps the best ``max_per_scan``. The learned detector
-(:mod:`nodule.candidates.learned`, a small 3D network on the same 1 mm grid) is not
+(:mod:`nodule.candidates.learned`, a small 3D network on the same 1 mm grid, run in a
+thread beside the others: on two cores its seconds mostly hide behind theirs) is not
 ranked: its best peaks hold places of their own among the ``max_per_scan``
 (:func:`~nodule.candidates.merge.keep_reserved`), and the other detectors' candidates
 within ``merge_distance_mm`` of one join it.
@@ -29,7 +30,10 @@ Only the crop around the lungs is resampled, which is about half of a chest scan
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,6 +205,13 @@ def _place(table: pd.DataFrame, work: Volume, volume: Volume) -> pd.DataFrame:
     )
 
 
+def _timed(run: Callable[..., pd.DataFrame], *args: Any) -> tuple[pd.DataFrame, float]:
+    """``run(*args)`` and its wall seconds."""
+    t = time.perf_counter()
+    out = run(*args)
+    return out, time.perf_counter() - t
+
+
 def _learned(
     volume: Volume, labels: np.ndarray, config: CandidateConfig, grid: tuple[Volume, np.ndarray, np.ndarray]
 ) -> pd.DataFrame:
@@ -251,19 +262,22 @@ def detect_candidates(
     found = []
     lungs = work_labels > 0
     smoothed: SmoothingCache = {}
-    for name, run in (
-        ("solid", lambda: detect_solid(array, lungs, spacing, config.solid, smoothed)),
-        ("subsolid", lambda: detect_subsolid(array, lungs, spacing, config.subsolid, smoothed)),
-        ("large_solid", lambda: detect_large_solid(array, work_labels, spacing, config.large_solid)),
-    ):
-        t = time.perf_counter()
-        det = run()
-        seconds[name] = time.perf_counter() - t
-        counts[name] = len(det)
-        found.append(det)
-    t = time.perf_counter()
-    learned = _learned(volume, labels, config, (work, array, work_labels))  # skips the ranker
-    seconds["learned"] = time.perf_counter() - t
+    # the learned detector (torch, which leaves the interpreter lock while it computes) runs
+    # in a thread beside the hand-made detectors (scipy, mostly one core): on two cores its
+    # seconds hide behind theirs; it skips the ranker
+    with ThreadPoolExecutor(1) as pool:
+        learned_job = pool.submit(_timed, _learned, volume, labels, config, (work, array, work_labels))
+        for name, run in (
+            ("solid", lambda: detect_solid(array, lungs, spacing, config.solid, smoothed)),
+            ("subsolid", lambda: detect_subsolid(array, lungs, spacing, config.subsolid, smoothed)),
+            ("large_solid", lambda: detect_large_solid(array, work_labels, spacing, config.large_solid)),
+        ):
+            t = time.perf_counter()
+            det = run()
+            seconds[name] = time.perf_counter() - t
+            counts[name] = len(det)
+            found.append(det)
+        learned, seconds["learned"] = learned_job.result()  # its own wall seconds, overlapped
     counts["learned"] = len(learned)
 
     table = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else found[0]
