@@ -1,5 +1,5 @@
 """The learned candidate detector: targets, weights, peaks, its places among the candidates,
-its training crops, and the shipped weights on a generated chest phantom."""
+and its training crops."""
 
 from __future__ import annotations
 
@@ -147,3 +147,4 @@ def test_stage_gives_the_learned_peaks_their_places(random_weights: str, spacing
     kept = with_learned.candidates.loc[~learned, xyz].to_numpy()
     assert len(kept) == len(free) > 0
     np.testing.assert_allclose(np.sort(kept, axis=0), np.sort(free, axis=0))
+
