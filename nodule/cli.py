@@ -224,6 +224,16 @@ def insert(
     build_insert_dataset(ct=ct, out=out, scans=scans, seed=seed, excluded=excluded, bank=load_shape_bank(shapes))
 
 
+def _checked_weights(weights: str | None) -> str | None:
+    """``weights`` of the learned candidate detector, loaded once here so that a missing or
+    wrong file stops the command before its batch starts (the error names the file)."""
+    if weights is not None:
+        from nodule.candidates.learned import load_detector
+
+        load_detector(None if weights == "default" else weights)
+    return weights
+
+
 def candidates(
     inputs: list[Path],
     out: Path,
@@ -231,7 +241,7 @@ def candidates(
     summary: Path | None = None,
     max_per_scan: PositiveInt = 150,
     work_spacing_mm: PositiveFloat = 1.0,
-    learned_detector: bool = True,
+    learned_detector: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
     strict: bool = False,
@@ -253,8 +263,11 @@ def candidates(
         summary: per-study summary CSV (default: <out stem>_summary.csv beside out).
         max_per_scan: most candidates kept per study (best detector scores).
         work_spacing_mm: isotropic voxel size the detectors work at, mm.
-        learned_detector: run the learned detector (nodule/candidates/learned.py) beside
-            the hand-made ones; false: the hand-made detectors only.
+        learned_detector: weights of the learned detector (nodule/candidates/learned.py)
+            to run beside the hand-made ones: a detector.pt that
+            scripts/train_candidate_detector.py wrote ("default": the shipped one; none
+            ships yet, its first training did not gain on the development set); None: the
+            hand-made detectors only.
         progress: show a progress bar.
         overwrite: replace existing output files.
         strict: exit with status 1 when any study failed (default: only when all failed).
@@ -264,7 +277,7 @@ def candidates(
     from nodule.candidates.learned import LearnedConfig
     from nodule.errors import batch_exit_code
 
-    learned = LearnedConfig() if learned_detector else LearnedConfig(weights=None)
+    learned = LearnedConfig(weights=_checked_weights(learned_detector))
     result = run_batch(
         inputs,
         out,
@@ -460,7 +473,7 @@ def detect(
     strict: bool = False,
     max_candidates: PositiveInt = 150,
     work_spacing_mm: PositiveFloat = 1.0,
-    learned_detector: bool = True,
+    learned_detector: str | None = None,
     max_overlays: NonNegativeInt = 20,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     retry_failed: bool = False,
@@ -493,8 +506,8 @@ def detect(
         strict: exit with status 1 when any study failed.
         max_candidates: candidates scored per study.
         work_spacing_mm: voxel size of the candidate stage's working grid, mm.
-        learned_detector: run the candidate stage's learned detector beside the hand-made
-            ones; false: the hand-made detectors only.
+        learned_detector: weights of the candidate stage's learned detector to run beside
+            the hand-made ones (see ``nodule candidates``); None: the hand-made detectors only.
         max_overlays: overlay pictures per study at most (most probable first).
         device: where the model runs (auto: a GPU when there is one).
         retry_failed: also redo studies recorded as failed.
@@ -508,7 +521,7 @@ def detect(
         threshold=threshold,
         max_candidates=max_candidates,
         work_spacing_mm=work_spacing_mm,
-        learned_detector=learned_detector,
+        learned_detector=_checked_weights(learned_detector),
         max_overlays=max_overlays,
         device=device,
     )

@@ -148,3 +148,22 @@ def test_stage_gives_the_learned_peaks_their_places(random_weights: str, spacing
     assert len(kept) == len(free) > 0
     np.testing.assert_allclose(np.sort(kept, axis=0), np.sort(free, axis=0))
 
+
+
+def test_cli_runs_the_learned_detector_from_given_weights_and_names_a_bad_file(
+    random_weights: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nodule.cli import main
+    from nodule.data.phantom import generate_phantom
+    from nodule.io import write_volume
+
+    study = write_volume(generate_phantom(seed=3, index=0, preset="small").volume, tmp_path / "study.mhd")
+    base = ["candidates", str(study), "--progress", "false"]
+    main([*base, "--out", str(tmp_path / "on.csv"), "--learned_detector", random_weights])
+    assert pd.read_csv(tmp_path / "on.csv")["detectors"].str.contains("learned").any()
+    assert pd.read_csv(tmp_path / "on_summary.csv")["n_learned"].iloc[0] > 0
+    with pytest.raises(SystemExit) as stop:
+        main([*base, "--out", str(tmp_path / "bad.csv"), "--learned_detector", str(tmp_path / "missing.pt")])
+    assert stop.value.code == 1
+    assert "missing.pt" in capsys.readouterr().err
+    assert not (tmp_path / "bad.csv").exists()

@@ -52,8 +52,9 @@ class DetectSettings:
         max_candidates: candidates scored per study (the candidate stage's cap).
         work_spacing_mm: voxel size of the candidate stage's working grid (coarser is
             faster and misses more small nodules).
-        learned_detector: run the candidate stage's learned detector
-            (:mod:`nodule.candidates.learned`); False: the hand-made detectors only.
+        learned_detector: weights of the candidate stage's learned detector
+            (:mod:`nodule.candidates.learned`; ``"default"`` the shipped ones); None: the
+            hand-made detectors only.
         merge_distance_mm: detections closer than this (or inside a more probable one's
             radius) are merged into the more probable.
         max_overlays: overlay PNGs per study at most (the most probable findings first).
@@ -64,7 +65,7 @@ class DetectSettings:
     threshold: float | None = None
     max_candidates: int = 150
     work_spacing_mm: float = 1.0
-    learned_detector: bool = True
+    learned_detector: str | None = None
     merge_distance_mm: float = 8.0
     max_overlays: int = 20
     batch_size: int = 256
@@ -243,7 +244,7 @@ def run_study(
         config = CandidateConfig(
             max_per_scan=settings.max_candidates,
             work_spacing_mm=settings.work_spacing_mm,
-            learned=LearnedConfig() if settings.learned_detector else LearnedConfig(weights=None),
+            learned=LearnedConfig(weights=settings.learned_detector),
         )
         found = _timed(seconds, "candidates", lambda: detect_candidates(volume, lung, config))
         table = found.candidates
