@@ -45,7 +45,16 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from nodule.candidates.detect import working_grid
-from nodule.candidates.learned import CELL, CandidateNet, save_detector, scale_hu, training_target
+from nodule.candidates.learned import (
+    CELL,
+    CandidateNet,
+    LearnedConfig,
+    detect_learned,
+    load_detector,
+    save_detector,
+    scale_hu,
+    training_target,
+)
 from nodule.data.luna16 import read_annotations, read_excluded
 from nodule.data.sets import check_dataset_folder
 from nodule.data.splits import DEFAULT_SPLIT, load_split
@@ -79,19 +88,36 @@ def cut(array: np.ndarray, corner: np.ndarray, size: int, fill: float = -1024.0)
     return out
 
 
+def _scan(mhd: str, uid: str, ann_csv: str, exc_csv: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One scan on the working grid: HU, lung labels, and its nodules and excluded findings
+    (:func:`_world_to_work`)."""
+    volume = read_volume(mhd)
+    work, array, work_labels = working_grid(volume, segment_lungs(volume).labels)
+    ann = read_annotations(ann_csv)
+    exc = read_excluded(exc_csv) if Path(exc_csv).exists() else ann.iloc[:0]
+    nodules = _world_to_work(work, ann[ann["seriesuid"] == uid])
+    excluded = _world_to_work(work, exc[exc["seriesuid"] == uid])
+    return array, work_labels, nodules, excluded
+
+
+def _write(target: Path, array: np.ndarray, centres: np.ndarray, kinds: np.ndarray, nodules: np.ndarray, excluded: np.ndarray) -> None:
+    """Cubes of ``array`` around ``centres`` (working voxels) with their kinds, atomically."""
+    corners = np.asarray(centres, int).reshape(-1, 3) - PATCH // 2
+    hu = np.rint(array).astype(np.int16)
+    patches = np.stack([cut(hu, c, PATCH) for c in corners]) if len(corners) else np.zeros((0, PATCH, PATCH, PATCH), np.int16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, patches=patches, corners=corners, kinds=kinds, nodules=nodules, excluded=excluded)
+    tmp.replace(target)
+
+
 def extract_scan(task: tuple[str, str, str, str, str, int, int, int, int]) -> str:
     """Write one scan's patches (see the module docstring) to its ``.npz``; skip a scan already done."""
     mhd, uid, ann_csv, exc_csv, out, seed, n_random, n_dense, n_blobs = task
     target = Path(out)
     if target.exists():
         return "skipped"
-    volume = read_volume(mhd)
-    labels = segment_lungs(volume).labels
-    work, array, work_labels = working_grid(volume, labels)
-    ann = read_annotations(ann_csv)
-    exc = read_excluded(exc_csv) if Path(exc_csv).exists() else ann.iloc[:0]
-    nodules = _world_to_work(work, ann[ann["seriesuid"] == uid])
-    excluded = _world_to_work(work, exc[exc["seriesuid"] == uid])
+    array, work_labels, nodules, excluded = _scan(mhd, uid, ann_csv, exc_csv)
     rng = np.random.default_rng([seed, zlib.crc32(uid.encode())])
     lung = work_labels > 0
     lung_idx = np.flatnonzero(lung)
@@ -107,35 +133,60 @@ def extract_scan(task: tuple[str, str, str, str, str, int, int, int, int]) -> st
     negatives = np.column_stack(np.unravel_index(np.concatenate(picks), array.shape)) if picks else np.zeros((0, 3))
     centres = np.vstack([np.rint(nodules[:, :3]), negatives]).astype(int)
     kinds = np.array([1] * len(nodules) + [0] * len(negatives), np.int8)
-    corners = centres - PATCH // 2
-    hu = np.rint(array).astype(np.int16)
-    patches = np.stack([cut(hu, c, PATCH) for c in corners]) if len(corners) else np.zeros((0, PATCH, PATCH, PATCH), np.int16)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, patches=patches, corners=corners, kinds=kinds, nodules=nodules, excluded=excluded)
-    tmp.replace(target)
+    _write(target, array, centres, kinds, nodules, excluded)
     return "done"
 
 
-def build_cache(split_path: Path, sets_dir: Path, cache: Path, seed: int, n_random: int, n_dense: int, n_blobs: int, jobs: int) -> list[Path]:
-    """Patches of every training scan of the learner ``detector``; returns their files."""
+def extract_hard(task: tuple[str, str, str, str, str, str, int]) -> str:
+    """Write one scan's hard negatives: cubes around the best ``n_hard`` peaks of the detector
+    ``weights`` that lie farther than a finding's radius plus 5 mm from every nodule and
+    excluded finding (their false positives); skip a scan already done."""
+    mhd, uid, ann_csv, exc_csv, out, weights, n_hard = task
+    target = Path(out)
+    if target.exists():
+        return "skipped"
+    array, work_labels, nodules, excluded = _scan(mhd, uid, ann_csv, exc_csv)
+    found = detect_learned(array, work_labels > 0, (1.0, 1.0, 1.0), LearnedConfig(weights=weights, max_candidates=4 * n_hard, min_probability=0.0))
+    peaks = found[["z", "y", "x"]].to_numpy(np.float64)
+    findings = np.vstack([nodules, excluded])
+    if len(findings) and len(peaks):
+        d = np.linalg.norm(peaks[:, None] - findings[None, :, :3], axis=2)
+        peaks = peaks[np.all(d > findings[None, :, 3] / 2 + 5.0, axis=1)]
+    centres = np.rint(peaks[:n_hard]).astype(int)
+    _write(target, array, centres, np.zeros(len(centres), np.int8), nodules, excluded)
+    return "done"
+
+
+def build_cache(
+    split_path: Path, sets_dir: Path, cache: Path, seed: int, n_random: int, n_dense: int, n_blobs: int, jobs: int,
+    hard_from: str | None = None, n_hard: int = 0,
+) -> list[Path]:
+    """Patches of every training scan of the learner ``detector`` (and, with ``hard_from``,
+    the hard negatives of those weights: :func:`extract_hard`); returns their files."""
     split = load_split(split_path)
     scans = split.training_scans("detector")
-    tasks = []
+    tasks: list[Any] = []
+    hard: list[Any] = []
     for name, group in scans.groupby("dataset", sort=False):
         root = sets_dir / str(name)
         check_dataset_folder(split, str(name), root)
         for row in group.itertuples():
             mhd = root / f"subset{int(row.subset)}" / f"{row.seriesuid}.mhd"
             out = cache / str(name) / f"{row.seriesuid}.npz"
-            tasks.append((str(mhd), str(row.seriesuid), str(root / "annotations.csv"), str(root / "annotations_excluded.csv"), str(out), seed, n_random, n_dense, n_blobs))
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            list(tqdm(pool.map(extract_scan, tasks), total=len(tasks), desc="patches"))
-    else:
-        for t in tqdm(tasks, desc="patches"):
-            extract_scan(t)
-    return [Path(t[4]) for t in tasks]
+            tables = (str(root / "annotations.csv"), str(root / "annotations_excluded.csv"))
+            tasks.append((str(mhd), str(row.seriesuid), *tables, str(out), seed, n_random, n_dense, n_blobs))
+            if hard_from is not None:
+                hard.append((str(mhd), str(row.seriesuid), *tables, str(out.with_suffix(".hard.npz")), hard_from, n_hard))
+    files = []
+    for work, jobs_list, desc in ((extract_scan, tasks, "patches"), (extract_hard, hard, "hard negatives")):
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs) as pool:
+                list(tqdm(pool.map(work, jobs_list), total=len(jobs_list), desc=desc))
+        else:
+            for t in tqdm(jobs_list, desc=desc):
+                work(t)
+        files += [Path(t[4]) for t in jobs_list]
+    return files
 
 
 class PatchSet:
@@ -150,7 +201,7 @@ class PatchSet:
         self.uids: list[str] = []
         for f in tqdm(files, desc="load"):
             z = np.load(f)
-            self.uids.append(f.stem)
+            self.uids.append(f.name.removesuffix(".npz").removesuffix(".hard"))
             for p, corner, kind in zip(z["patches"], z["corners"], z["kinds"], strict=True):
                 self.patches.append(p)
                 self.nodules.append(z["nodules"] - np.r_[corner, 0.0])
@@ -207,14 +258,22 @@ def detector_loss(out: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, 
     return (focal + reg) / npos
 
 
-def train(data: PatchSet, cache: Path, steps: int, batch: int, lr: float, seed: int, save_every: int, channels: tuple[int, int, int]) -> CandidateNet:
-    """Train the network (resuming from ``cache/train_state.pt``)."""
+def train(
+    data: PatchSet, cache: Path, steps: int, batch: int, lr: float, seed: int, save_every: int, channels: tuple[int, int, int],
+    init: str | None = None,
+) -> CandidateNet:
+    """Train the network (from the weights ``init`` if given; resuming from
+    ``cache/train_state.pt``, or ``cache/finetune_state.pt`` with ``init``)."""
     torch.manual_seed(seed)
     net = CandidateNet(channels)
+    if init is not None:
+        start, _ = load_detector(init)
+        net = CandidateNet(start.channels)
+        net.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     rng = np.random.default_rng(seed)
-    state_file = cache / "train_state.pt"
+    state_file = cache / ("finetune_state.pt" if init is not None else "train_state.pt")
     step = 0
     if state_file.exists():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -269,19 +328,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patches-only", action="store_true", help="build the patch cache and stop")
+    parser.add_argument("--hard-from", default=None, help="weights whose false-positive peaks become hard negatives; training starts from them")
+    parser.add_argument("--hard", type=int, default=16, help="hard negatives per scan (with --hard-from)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets_dir = args.sets_dir or cache_dir("sets")
     cache = args.cache or cache_dir("detector")
-    files = build_cache(args.split, sets_dir, cache, args.seed, args.random, args.dense, args.blobs, args.jobs)
+    files = build_cache(args.split, sets_dir, cache, args.seed, args.random, args.dense, args.blobs, args.jobs, args.hard_from, args.hard)
     if args.patches_only:
         return
     data = PatchSet(files)
     print(f"{len(data.patches)} patches, {sum(data.kind)} around nodules ({sum(data.small)} under {SMALL_MM:g} mm), {len(files)} scans")
-    net = train(data, cache, args.steps, args.batch, args.lr, args.seed, args.save_every, tuple(args.channels))
+    net = train(data, cache, args.steps, args.batch, args.lr, args.seed, args.save_every, tuple(args.channels), args.hard_from)
     split = load_split(args.split)
     info = {
-        "trained_on_uids": sorted(data.uids),
+        "trained_on_uids": sorted(set(data.uids)),
         "learner": "detector",
         "split": split.tag,
         "split_fingerprint": split.fingerprint(),
@@ -295,6 +356,8 @@ def main() -> None:
         "random": args.random,
         "dense": args.dense,
         "blobs": args.blobs,
+        "hard_from": args.hard_from,
+        "hard": args.hard if args.hard_from else 0,
     }
     print(save_detector(net, args.out, info))
 
