@@ -17,9 +17,13 @@ that are local maxima of the probability over their 26 neighbours, touch the lun
 reach ``min_probability``; the best ``max_candidates`` are kept, centred at cell centre
 plus offset.
 
-The weights (``detector.pt`` beside this module: state dict, channels and provenance)
-are trained by ``scripts/train_candidate_detector.py`` on the train-role scans of the
-split's ``detector`` learner (:func:`training_target` defines what the outputs learn).
+Weights (a ``detector.pt``: state dict, channels and provenance) are trained by
+``scripts/train_candidate_detector.py`` on the train-role scans of the split's
+``detector`` learner (:func:`training_target` defines what the outputs learn). None ship
+yet (the detector is off by default): the first trainings found the nodules of 5.5 mm and
+more as well as the hand-made detectors do but not the small faint ground glass they
+miss (``docs/results.md``, session 15). ``weights="default"`` reads ``detector.pt``
+beside this module once one is shipped.
 """
 
 from __future__ import annotations
