@@ -20,9 +20,14 @@ that ``nodule split check`` can refuse a test on them.
    cells' labels (:func:`nodule.candidates.learned.training_target`) plus a smooth L1 on the
    centre offsets of positive cells. Every ``--save-every`` steps the state is saved to
    ``--cache/train_state.pt``, from which an interrupted run resumes.
+   With ``--hard-from WEIGHTS``, each training scan also gets ``--hard`` cubes around those
+   weights' best false-positive peaks (``<uid>.hard.npz``, :func:`extract_hard`), and the
+   network starts from those weights (state in ``--cache/finetune_state.pt``).
 3. The weights go to ``--out`` (default the shipped ``nodule/candidates/detector.pt``).
 
-    .venv/bin/python scripts/train_candidate_detector.py --jobs 2
+    .venv/bin/python scripts/train_candidate_detector.py --jobs 2 --steps 3000 --out v2.pt
+    .venv/bin/python scripts/train_candidate_detector.py --jobs 2 --steps 1500 --lr 5e-4 \
+        --hard-from v2.pt --out v3.pt
 
 Deterministic for ``--seed`` (on one machine and thread count).
 """
@@ -47,6 +52,7 @@ from tqdm import tqdm
 from nodule.candidates.detect import working_grid
 from nodule.candidates.learned import (
     CELL,
+    LEARNED_SPACING_MM,
     CandidateNet,
     LearnedConfig,
     detect_learned,
@@ -146,7 +152,7 @@ def extract_hard(task: tuple[str, str, str, str, str, str, int]) -> str:
     if target.exists():
         return "skipped"
     array, work_labels, nodules, excluded = _scan(mhd, uid, ann_csv, exc_csv)
-    found = detect_learned(array, work_labels > 0, (1.0, 1.0, 1.0), LearnedConfig(weights=weights, max_candidates=4 * n_hard, min_probability=0.0))
+    found = detect_learned(array, work_labels > 0, (LEARNED_SPACING_MM,) * 3, LearnedConfig(weights=weights, max_candidates=4 * n_hard, min_probability=0.0))
     peaks = found[["z", "y", "x"]].to_numpy(np.float64)
     findings = np.vstack([nodules, excluded])
     if len(findings) and len(peaks):
