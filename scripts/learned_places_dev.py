@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_candidates import _detectors_hitting
 from tqdm import tqdm
 
 from nodule.candidates import CandidateConfig, detect_candidates
@@ -78,16 +79,8 @@ def collect(folder: Path, out: Path, weights: str | None, tag: str, jobs: int) -
 
 
 def _hits(nodules: pd.DataFrame, candidates: pd.DataFrame) -> np.ndarray:
-    """Per nodule: whether a candidate of its scan lies within its radius."""
-    xyz = ["coordX", "coordY", "coordZ"]
-    hit = np.zeros(len(nodules), bool)
-    groups = {str(uid): group[xyz].to_numpy(np.float64) for uid, group in candidates.groupby("seriesuid")}
-    centres, radii = nodules[xyz].to_numpy(np.float64), nodules["diameter_mm"].to_numpy(np.float64) / 2.0
-    for i, uid in enumerate(nodules["seriesuid"].astype(str)):
-        cand = groups.get(uid)
-        if cand is not None and len(cand):
-            hit[i] = bool((np.linalg.norm(cand - centres[i], axis=1) <= radii[i]).any())
-    return hit
+    """Per nodule: whether a candidate of its scan lies within its radius (the benchmark's matching)."""
+    return (_detectors_hitting(nodules, candidates) != "").to_numpy()
 
 
 def analyse(folder: Path, out: Path, tag: str, limit: int = 150) -> None:
