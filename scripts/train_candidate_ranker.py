@@ -49,7 +49,7 @@ import pandas as pd
 
 from nodule.candidates.batch import run_batch
 from nodule.candidates.detect import CandidateConfig, keep_best
-from nodule.candidates.ranker import CandidateRanker, fit_ranker
+from nodule.candidates.ranker import CandidateRanker, fit_ranker, per_nodule_weights
 from nodule.data.luna16 import read_annotations, read_excluded
 from nodule.data.sets import check_dataset_folder, dataset_root
 from nodule.data.splits import DEFAULT_SPLIT, Split, describe_leak, leaked_scans, load_split
@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--leave-one-set-out", action="store_true", help="score each set with a ranker of the others")
     parser.add_argument("--sets", nargs="+", default=None, help="learn from these data sets (default: the split's learner)")
     parser.add_argument("--compare", nargs="+", default=[], help="score new and shipped ranker on these sets' val/test subsets")
+    parser.add_argument(
+        "--per-nodule", action="store_true",
+        help="every nodule weighs one in the loss (its detections share it), not every detection",
+    )
     args = parser.parse_args(argv)
     split = load_split(args.split)
     if args.sets and args.out == parser.get_default("out"):
@@ -208,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     labelled = pd.concat(labelled_sets, ignore_index=True)
     y = labelled[LABEL].to_numpy()
     weights = np.where(labelled[ON_EXCLUDED].to_numpy(), 0.0, 1.0)
+    if args.per_nodule:
+        ids = labelled[NODULE_ID].to_numpy()
+        weights = per_nodule_weights(np.where(ids >= 0, pool["set"].to_numpy() * 1_000_000 + ids, -1), weights)
     fit: dict[str, Any] = {"hidden": tuple(args.hidden), "epochs": args.epochs, "weight_decay": args.weight_decay, "seed": args.seed}
     info: dict[str, object] = {
         "roots": names,
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         "trained_on": trained_on,
         "scans": len(uids),
         "detections_per_scan": round(len(pool) / max(1, len(uids)), 1),
+        "per_nodule": bool(args.per_nodule),
     }
     if args.validate:
         bad = [k for k in args.validate if k not in trained_on[names[0]]]

@@ -186,3 +186,16 @@ def test_ranker_script_finds_a_set_under_sets_dir_or_its_default(tmp_path: Path)
     train = load_script("train_candidate_ranker")
     assert train.set_root(tmp_path, "heldout_seed9400") == tmp_path / "heldout_seed9400"  # type: ignore[attr-defined]
     assert train.set_root(None, "heldout_seed9400") == dataset_root("heldout_seed9400")  # type: ignore[attr-defined]
+
+
+def test_per_nodule_weights_give_every_nodule_one_unit() -> None:
+    """Nodule 7 has three detections (one left out with weight 0), nodule 9 one; negatives
+    (-1) and left-out rows keep their weights."""
+    from nodule.candidates.ranker import per_nodule_weights
+
+    key = np.array([7, 7, 7, 9, -1, -1])
+    weights = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    out = per_nodule_weights(key, weights)
+    np.testing.assert_allclose(out, [0.5, 0.5, 0.0, 1.0, 1.0, 0.0])
+    assert out[key == 7].sum() == pytest.approx(out[key == 9].sum())
+    np.testing.assert_array_equal(weights, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # not changed in place

@@ -141,6 +141,29 @@ def load_ranker(path: str | None = None) -> CandidateRanker:
     return CandidateRanker.from_json(path or DEFAULT_RANKER)
 
 
+def per_nodule_weights(nodule: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Loss weights under which every nodule counts once, however many detections hit it.
+
+    Args:
+        nodule: per row, a key of the nodule the row hits (any integer >= 0, unique across
+            scans and sets), -1 for rows that hit none.
+        weights: per-row loss weights before the change.
+
+    Returns:
+        ``weights`` with each positive row's weight divided by the number of rows (of
+        non-zero weight) hitting its nodule; other rows unchanged. A large nodule with 30
+        detections then weighs as much as a small one with one detection, which is what the
+        stage's goal (nodules kept, not detections kept) asks of the ranker.
+    """
+    key = np.asarray(nodule)
+    w = np.asarray(weights, dtype=np.float64).copy()
+    hit = (key >= 0) & (w > 0)
+    if hit.any():
+        _, inverse, counts = np.unique(key[hit], return_inverse=True, return_counts=True)
+        w[hit] = w[hit] / counts[inverse]
+    return w
+
+
 def fit_ranker(
     table: pd.DataFrame,
     labels: np.ndarray,
