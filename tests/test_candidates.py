@@ -397,6 +397,57 @@ def test_subsolid_contrast_levels_free_a_nodule_from_a_faint_halo() -> None:
     assert 6.0 < freed["diameter_mm"].iloc[0] < 10.0
 
 
+def test_faint_pass_contrast_levels_free_a_large_faint_nodule_from_a_sheet() -> None:
+    """A 14 mm ground-glass ball of -665 HU across a 12 mm sheet of -700 HU in lung of
+    -850 HU (as a faint nodule against the partial-volume sheet along the mediastinum),
+    faint pass alone (``max_candidates=0``: no first-pass rows): its three lowest
+    thresholds see one region too large for a nodule, the fourth and fifth free the ball."""
+    shape = (48, 64, 112)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (24.0, 32.0, 56.0)
+    hu = np.full(shape, -850.0, np.float32)
+    hu[18:30, 12:52, 8:104] = -700.0
+    hu[((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) <= 7.0**2] = -665.0
+    lung = np.ones(shape, bool)
+
+    def faint(levels: int) -> pd.DataFrame:
+        config = SubsolidConfig(max_candidates=0, extra_candidates=0, faint_contrast_levels=levels)
+        return detect_subsolid(hu, lung, (1.0, 1.0, 1.0), config)
+
+    assert faint(3).empty
+    freed = faint(5)
+    assert len(freed) == 1
+    assert _voxel_distances(freed, centre)[0] < 2.0
+    assert 8.0 < freed["diameter_mm"].iloc[0] < 16.0
+    assert SubsolidConfig().faint_contrast_levels == 5
+
+
+def test_faint_pass_large_openings_free_a_nodule_joined_to_a_large_region() -> None:
+    """A 16 mm ground-glass ball joined by a 5 mm neck of the same density to a region too
+    large for a nodule (55 mm across): no contrast threshold parts them, and neither pass
+    finds the ball; the faint pass's wider opening of oversized regions (3 mm ball) cuts
+    the neck and finds it."""
+    shape = (56, 64, 128)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = (28.0, 32.0, 36.0)
+    hu = np.full(shape, -850.0, np.float32)
+    hu[10:46, 8:56, 70:120] = -450.0
+    hu[26:31, 30:35, 36:70] = -450.0
+    hu[((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) <= 8.0**2] = -450.0
+    lung = np.ones(shape, bool)
+
+    def found(large: tuple[float, ...]) -> pd.DataFrame:
+        det = detect_subsolid(hu, lung, (1.0, 1.0, 1.0), SubsolidConfig(extra_candidates=0, faint_large_openings_mm=large))
+        return det[_voxel_distances(det, centre) < 8.0]
+
+    assert found(()).empty
+    freed = found((3.0,))
+    assert len(freed) == 1
+    assert _voxel_distances(freed, centre)[0] < 2.0
+    assert 12.0 < freed["diameter_mm"].iloc[0] < 20.0
+    assert SubsolidConfig().faint_large_openings_mm == (3.0,)
+
+
 def test_greedy_merge_keeps_a_nodule_beside_a_vessel_chain() -> None:
     # a strong vessel candidate at 0, a weaker one at 4 mm, a small nodule at 8 mm: single
     # linkage chains all three into the strongest (the nodule's position is lost)

@@ -44,9 +44,20 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    -820 HU, lost among noise specks). Steps 2-4 run again at half resolution on the
    volume smoothed to ``faint_smooth_mm`` (the solid detector's coarse scale, shared: the
    pass costs a few tenths of a second), with the band from ``faint_low_hu``, contrast
-   thresholds from ``faint_contrast_hu`` in steps of ``faint_step_hu`` and rims within
+   thresholds from ``faint_contrast_hu`` in steps of ``faint_step_hu`` (``faint_contrast_levels`` of
+   them: a large faint nodule against the mediastinum joins the partial-volume sheet along
+   it into one region of several hundred ml up to 110 HU, and comes free at 140-170 HU;
+   on the training scans a 15.6 mm ground-glass nodule at -676 HU) and rims within
    one half-resolution voxel of a voxel denser than ``high_hu``; the best
    ``faint_candidates`` not within the radius of a candidate of the first passes are added.
+   A region of the faint pass too large for a nodule (over ``max_diameter_mm``) is opened
+   with a ball of ``faint_large_openings_mm`` (3 mm) and its parts from
+   ``large_min_diameter_mm`` (10 mm) are tried in turn: a
+   large faint nodule joined by necks of its own density to faint surroundings (vessels,
+   dependent lung) parts from them at no contrast threshold, only by its thickness (on the
+   training scans a 26 mm juxtavascular ground-glass nodule). Smaller parts are left out:
+   they are many (chunks of dependent lung) and would take the faint pass's places from
+   the small faint nodules that its contrast thresholds free.
 """
 
 from __future__ import annotations
@@ -99,6 +110,10 @@ class SubsolidConfig:
         faint_low_hu: lower end of the faint pass's band.
         faint_contrast_hu: smallest excess over the background in the faint pass, HU.
         faint_step_hu: step between the faint pass's contrast thresholds, HU.
+        faint_contrast_levels: number of the faint pass's contrast thresholds.
+        faint_large_openings_mm: radii of the balls that open the faint pass's regions
+            too large for a nodule, mm (empty: such regions are dropped).
+        large_min_diameter_mm: smallest equivalent diameter of a part of such an opening.
     """
 
     smooth_mm: float = 1.0
@@ -129,6 +144,9 @@ class SubsolidConfig:
     faint_low_hu: float = -850.0
     faint_contrast_hu: float = 50.0
     faint_step_hu: float = 30.0
+    faint_contrast_levels: int = 5
+    faint_large_openings_mm: tuple[float, ...] = (3.0,)
+    large_min_diameter_mm: float = 10.0
 
 
 def ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -279,6 +297,7 @@ class _Search:
         thresholds: Sequence[float] = (),
         parent: int | None = None,
         voxels: tuple[np.ndarray, ...] | None = None,
+        large_openings_mm: Sequence[float] = (),
     ) -> list[Keyed]:
         """Keyed candidate rows of the components of ``band`` (a box of the grid starting at
         voxel ``offset``) that pass the size and shape filters; centres in voxels of the grid.
@@ -319,10 +338,18 @@ class _Search:
                 if search[label]:
                     assert excess is not None
                     higher = region & (excess[sl] > threshold)
-                    rows.extend(self.find(higher, start, min_diameter_mm, level + k, wide_openings_mm))
-            if diam[label] > config.max_diameter_mm:
-                continue
+                    rows.extend(
+                        self.find(higher, start, min_diameter_mm, level + k, wide_openings_mm, large_openings_mm=large_openings_mm)
+                    )
             first = self._first(region, start) if parent is None else parent
+            if diam[label] > config.max_diameter_mm:
+                # too large for a nodule: a large faint nodule joined to faint surroundings
+                # by necks thinner than its own body comes free under a wider opening
+                for radius in large_openings_mm:
+                    parts = ndi.binary_opening(region, structure=ball(radius, self.spacing_zyx))
+                    smallest = max(min_diameter_mm, config.large_min_diameter_mm)
+                    rows.extend(self.find(parts, start, smallest, level, parent=first))
+                continue
             pts = np.argwhere(region)
             elong = elongation(pts * self.sp)
             if elong > config.max_elongation:
@@ -347,6 +374,7 @@ def _band_candidates(
     in_band: np.ndarray,
     min_diameter_mm: float,
     wide_openings_mm: Sequence[float] = (),
+    large_openings_mm: Sequence[float] = (),
 ) -> list[Row]:
     """Steps 1-3 of the module docstring on a band with its rims removed, with the given
     smallest diameter: candidate rows (centres in voxels), best first, one per nodule."""
@@ -371,7 +399,8 @@ def _band_candidates(
     search = _Search(smooth, normal, sp, config, lo, band0.shape)
     thresholds = [config.min_contrast_hu + step * config.contrast_step_hu for step in range(1, config.contrast_levels)]
     keyed = search.find(
-        opened, np.asarray(lo, dtype=np.int64), min_diameter_mm, 0, wide_openings_mm, excess_box, thresholds, voxels=local
+        opened, np.asarray(lo, dtype=np.int64), min_diameter_mm, 0, wide_openings_mm, excess_box, thresholds,
+        voxels=local, large_openings_mm=large_openings_mm,
     )
     if not keyed:
         return []
@@ -400,8 +429,15 @@ def _faint_candidates(
     blocks, factors = background_map(smooth, normal, sp, config.background_sigma_mm, config.low_hu)
     near = ndi.maximum_filter((smooth > config.high_hu).view(np.uint8), size=3)
     band = lung_h & (smooth > config.faint_low_hu) & (smooth <= config.high_hu) & (near == 0)
-    faint = replace(config, min_contrast_hu=config.faint_contrast_hu, contrast_step_hu=config.faint_step_hu)
-    rows = _band_candidates(smooth, normal, sp, blocks, factors, faint, band, config.min_diameter_mm)
+    faint = replace(
+        config,
+        min_contrast_hu=config.faint_contrast_hu,
+        contrast_step_hu=config.faint_step_hu,
+        contrast_levels=config.faint_contrast_levels,
+    )
+    rows = _band_candidates(
+        smooth, normal, sp, blocks, factors, faint, band, config.min_diameter_mm, large_openings_mm=config.faint_large_openings_mm
+    )
     for r in rows:  # half-resolution voxel k covers full voxels 2k and 2k + 1
         for c in ("z", "y", "x"):
             r[c] = 2.0 * r[c] + 0.5
