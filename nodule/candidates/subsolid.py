@@ -286,6 +286,18 @@ class _Search:
             "elongation": elong,
         }
 
+    def _opened(
+        self, region: np.ndarray, start: np.ndarray, radii: Sequence[float], min_diameter_mm: float, level: int, parent: int
+    ) -> list[Keyed]:
+        """Keyed rows of the parts that remain of ``region`` (its box at ``start``) opened with a
+        ball of each of ``radii``, searched as components of ``parent``'s."""
+        rows: list[Keyed] = []
+        for radius in radii:
+            # small boxes: scipy's C opening beats the shifted-array one here
+            parts = ndi.binary_opening(region, structure=ball(radius, self.spacing_zyx))
+            rows.extend(self.find(parts, start, min_diameter_mm, level, parent=parent))
+        return rows
+
     def find(
         self,
         band: np.ndarray,
@@ -345,19 +357,15 @@ class _Search:
             if diam[label] > config.max_diameter_mm:
                 # too large for a nodule: a large faint nodule joined to faint surroundings
                 # by necks thinner than its own body comes free under a wider opening
-                for radius in large_openings_mm:
-                    parts = ndi.binary_opening(region, structure=ball(radius, self.spacing_zyx))
-                    smallest = max(min_diameter_mm, config.large_min_diameter_mm)
-                    rows.extend(self.find(parts, start, smallest, level, parent=first))
+                smallest = max(min_diameter_mm, config.large_min_diameter_mm)
+                rows.extend(self._opened(region, start, large_openings_mm, smallest, level, first))
                 continue
             pts = np.argwhere(region)
             elong = elongation(pts * self.sp)
             if elong > config.max_elongation:
                 # a nodule of min_diameter with its bridges is at least split_min_diameter_mm
-                for radius in wide_openings_mm if diam[label] >= config.split_min_diameter_mm else ():
-                    # small boxes: scipy's C opening beats the shifted-array one here
-                    parts = ndi.binary_opening(region, structure=ball(radius, self.spacing_zyx))
-                    rows.extend(self.find(parts, start, min_diameter_mm, level, parent=first))
+                radii = wide_openings_mm if diam[label] >= config.split_min_diameter_mm else ()
+                rows.extend(self._opened(region, start, radii, min_diameter_mm, level, first))
                 continue
             key = (level, first, part if parent is not None else -1)
             rows.append((key, self._row(region, pts, start, float(diam[label]), int(counts[label]), elong)))
