@@ -1203,15 +1203,20 @@ def _resample_onto(
         f.SetDefaultPixelValue(FILL_HU)
         f.SetOutputPixelType(sitk.sitkFloat32)
     out = f.Execute(image)
-    array = sitk.GetArrayFromImage(out)
+    # a view of the image's buffer, copied once by the conversion (or by np.array) below
+    view = sitk.GetArrayViewFromImage(out)
     dtype = volume.array.dtype
     if dtype == np.bool_:
-        array = array.astype(bool)
-    elif np.issubdtype(dtype, np.integer) and array.dtype != dtype:
+        array = view.astype(bool)
+    elif np.issubdtype(dtype, np.integer) and view.dtype != dtype:
         info = np.iinfo(dtype)
-        array = np.clip(np.rint(array), info.min, info.max).astype(dtype)
-    elif array.dtype != dtype:
+        array = np.rint(view)
+        np.clip(array, info.min, info.max, out=array)
         array = array.astype(dtype)
+    elif view.dtype != dtype:
+        array = view.astype(dtype)
+    else:
+        array = np.array(view)
     return Volume(
         array=array,
         spacing=tuple(float(v) for v in out.GetSpacing()),  # type: ignore[arg-type]

@@ -490,3 +490,47 @@ def test_faint_pass_finds_faint_ground_glass() -> None:
     assert near.any()
     assert 3.0 < new.loc[near, "diameter_mm"].iloc[0] < 14.0
     assert len(new) <= len(old) + SubsolidConfig().faint_candidates
+
+
+def test_smoothing_cache_makes_each_copy_once_across_threads() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nodule.candidates.hessian import SmoothingCache
+
+    cache = SmoothingCache()
+    made: list[tuple[float, bool]] = []
+    lock = threading.Lock()
+
+    def make(key: tuple[float, bool]) -> np.ndarray:
+        time.sleep(0.05)  # long enough for every thread to ask before the first is done
+        with lock:
+            made.append(key)
+        return np.full(3, key[0])
+
+    keys = [(1.0, False), (2.0, True)] * 6
+    with ThreadPoolExecutor(len(keys)) as pool:
+        out = list(pool.map(lambda k: cache.get(k, lambda: make(k)), keys))
+    assert sorted(made) == [(1.0, False), (2.0, True)]
+    assert all(o is out[i % 2] for i, o in enumerate(out))
+    assert (1.0, False) in cache and (3.0, False) not in cache
+
+
+def test_detectors_in_threads_give_what_each_gives_alone(phantom: Phantom) -> None:
+    """detect_candidates runs the detectors side by side; their rows must be those of each
+    detector run alone, with no shared cache, in the order of DETECTORS."""
+    from nodule.candidates import detect_large_solid, detect_solid, detect_subsolid
+    from nodule.candidates.detect import working_grid
+
+    config = CandidateConfig(ranker=None, context=False, max_per_scan=10**6, merge_distance_mm=0.0)
+    res = detect_candidates(phantom.volume, phantom.labels, config)
+    work, array, labels = working_grid(phantom.volume, phantom.labels, config)
+    sp, lungs = work.spacing_zyx, labels > 0
+    alone = {
+        "solid": detect_solid(array, lungs, sp, config.solid),
+        "subsolid": detect_subsolid(array, lungs, sp, config.subsolid),
+        "large_solid": detect_large_solid(array, labels, sp, config.large_solid),
+    }
+    for name, det in alone.items():
+        assert res.counts[name] == len(det) > 0, name

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -259,26 +260,28 @@ def detect_candidates(
     spacing = work.spacing_zyx
     seconds["resample"] = time.perf_counter() - t
 
-    found = []
     lungs = work_labels > 0
-    smoothed: SmoothingCache = {}
-    # the learned detector (torch, which leaves the interpreter lock while it computes) runs
-    # in a thread beside the hand-made detectors (scipy, mostly one core): on two cores its
-    # seconds hide behind theirs; it skips the ranker
-    with ThreadPoolExecutor(1) as pool:
-        learned_job = pool.submit(_timed, _learned, volume, labels, config, (work, array, work_labels))
-        for name, run in (
-            ("solid", lambda: detect_solid(array, lungs, spacing, config.solid, smoothed)),
-            ("subsolid", lambda: detect_subsolid(array, lungs, spacing, config.subsolid, smoothed)),
-            ("large_solid", lambda: detect_large_solid(array, work_labels, spacing, config.large_solid)),
-        ):
-            t = time.perf_counter()
-            det = run()
-            seconds[name] = time.perf_counter() - t
-            counts[name] = len(det)
+    smoothed = SmoothingCache()
+    # the detectors run in threads of their own: scipy's labelling and morphology, numpy and
+    # torch (the learned detector) leave the interpreter lock while they compute, so on two
+    # cores the detectors overlap; they share the smoothed copies (each made once), and
+    # their rows are joined in the order of DETECTORS, so the result does not depend on timing
+    jobs = {
+        "solid": partial(detect_solid, array, lungs, spacing, config.solid, smoothed),
+        "subsolid": partial(detect_subsolid, array, lungs, spacing, config.subsolid, smoothed),
+        "large_solid": partial(detect_large_solid, array, work_labels, spacing, config.large_solid),
+        "learned": partial(_learned, volume, labels, config, (work, array, work_labels)),
+    }
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(_timed, run) for name, run in jobs.items()}
+        done = {name: f.result() for name, f in futures.items()}
+    found = []
+    for name, (det, sec) in done.items():
+        seconds[name] = sec  # each detector's own wall seconds, overlapped
+        counts[name] = len(det)
+        if name != "learned":
             found.append(det)
-        learned, seconds["learned"] = learned_job.result()  # its own wall seconds, overlapped
-    counts["learned"] = len(learned)
+    learned = done["learned"][0]
 
     table = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else found[0]
     if len(table) == 0 and len(learned) == 0:

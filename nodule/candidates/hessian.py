@@ -18,6 +18,7 @@ voxels only, so the eigen-analysis costs nothing where nothing is asked.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -49,19 +50,32 @@ def gaussian(array: np.ndarray, sigma_mm: float, spacing_zyx: Sequence[float]) -
     return np.asarray(ndi.gaussian_filter(array.astype(np.float32, copy=False), sigma, truncate=3.0))
 
 
-SmoothingCache = dict[tuple[float, bool], np.ndarray]
-"""Smoothed copies of one working volume shared by the detectors and the context features,
-keyed by (sigma in mm, half resolution); ``(0.0, True)`` is the unsmoothed half-resolution copy."""
+class SmoothingCache:
+    """Smoothed copies of one working volume shared by the detectors and the context features,
+    keyed by (sigma in mm, half resolution); ``(0.0, True)`` is the unsmoothed half-resolution
+    copy. Each copy is made once, also when detectors in several threads ask for it at once."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[float, bool], np.ndarray] = {}
+        self._locks: dict[tuple[float, bool], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: tuple[float, bool], make: Callable[[], np.ndarray]) -> np.ndarray:
+        """The copy under ``key``, made by ``make()`` (by one thread only) when it is missing."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = make()
+            return self._values[key]
+
+    def __contains__(self, key: tuple[float, bool]) -> bool:
+        return key in self._values
 
 
 def _cached(cache: SmoothingCache | None, key: tuple[float, bool], make: Callable[[], np.ndarray]) -> np.ndarray:
     """``cache[key]``, made by ``make()`` and stored when it is missing (``cache=None``: always made)."""
-    if cache is not None and key in cache:
-        return cache[key]
-    value = make()
-    if cache is not None:
-        cache[key] = value
-    return value
+    return make() if cache is None else cache.get(key, make)
 
 
 def smoothed_copy(
