@@ -534,3 +534,17 @@ def test_detectors_in_threads_give_what_each_gives_alone(phantom: Phantom) -> No
     }
     for name, det in alone.items():
         assert res.counts[name] == len(det) > 0, name
+
+
+def test_detectors_one_at_a_time_give_the_same_candidates(phantom: Phantom, result: pd.DataFrame) -> None:
+    """Batch workers run the detectors one at a time (set_detector_threads(1)): same candidates."""
+    from nodule.candidates.detect import set_detector_threads
+
+    with pytest.raises(ValueError, match="at least 1"):
+        set_detector_threads(0)
+    set_detector_threads(1)
+    try:
+        alone = detect_candidates(phantom.volume, phantom.labels).candidates
+    finally:
+        set_detector_threads(None)
+    pd.testing.assert_frame_equal(alone, result)

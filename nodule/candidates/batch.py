@@ -33,7 +33,13 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from nodule.candidates.detect import DETECTORS, CandidateConfig, detect_candidates, empty_candidates
+from nodule.candidates.detect import (
+    DETECTORS,
+    CandidateConfig,
+    detect_candidates,
+    empty_candidates,
+    set_detector_threads,
+)
 from nodule.errors import InputWarning
 from nodule.io import DICOM_SUFFIXES, VOLUME_SUFFIXES, looks_like_dicom, read_volume
 from nodule.paths import OutputPathError, check_output_file
@@ -257,10 +263,12 @@ def summary_path_for(out: Path) -> Path:
 
 
 def _init_worker(threads: int) -> None:
-    """A worker's torch threads (the learned detector): the cores shared among the workers."""
+    """A worker's threads (torch's for the learned detector, and the detectors run at once):
+    the cores shared among the workers."""
     import torch
 
     torch.set_num_threads(threads)
+    set_detector_threads(threads)
 
 
 def run_batch(

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from nodule.candidates.detect import set_detector_threads
 from nodule.detection.outputs import FORMATS, read_records, write_aggregates, write_study
 from nodule.detection.pipeline import NOTICE, DetectSettings, StudyOutcome, base_row, run_study
 from nodule.detection.studies import EmptyInput, StudyRef, find_studies, in_shard
@@ -96,6 +97,7 @@ def _init_worker(model_path: Path | None, threads: int) -> None:
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    set_detector_threads(threads)
     _WORKER_MODEL = load_model(model_path)
 
 
