@@ -4,8 +4,8 @@
 Timing: each run happens in a fresh process (so that its peak resident memory is the
 study's own) on a ``full`` synthetic scan written as .mhd (generated once, seeded) and
 on the real CT; steps: read, lung mask, crop + resample, solid, subsolid, large solid,
-learned (its own wall seconds: it runs in a thread beside solid, subsolid and large solid,
-so they overlap), rank (context features and the learned ranker), merge. Wall and CPU
+learned (solid, subsolid, large solid and learned run side by side in threads: each step's
+wall seconds are its own, and they overlap), rank (context features and the learned ranker), merge. Wall and CPU
 seconds are reported per step (CPU seconds are robust to a shared machine); the median of
 ``--runs`` runs.
 
