@@ -34,7 +34,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -206,10 +205,10 @@ def _place(table: pd.DataFrame, work: Volume, volume: Volume) -> pd.DataFrame:
     )
 
 
-def _timed(run: Callable[..., pd.DataFrame], *args: Any) -> tuple[pd.DataFrame, float]:
-    """``run(*args)`` and its wall seconds."""
+def _timed(run: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, float]:
+    """``run()`` and its wall seconds."""
     t = time.perf_counter()
-    out = run(*args)
+    out = run()
     return out, time.perf_counter() - t
 
 
