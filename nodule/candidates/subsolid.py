@@ -18,13 +18,8 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    Step 3 runs at ``contrast_levels`` contrast thresholds (``min_contrast_hu`` and
    ``contrast_step_hu`` more each time, applied to the opened band): a faint nodule that the lowest threshold joins
    to faint surroundings (small vessels blurred into the band, dependent lung) comes
-   free at a higher one. The opening is not repeated at a higher level, so a
-   component of a higher level too long or too large for a nodule is opened again
-   with the ball of ``opening_mm`` and its parts tried: thresholding the opened band
-   can leave thin bridges of denser voxels that the opening kept inside wider faint
-   regions (on the training scans, ground-glass nodules of 8.2 and 9.7 mm joined by
-   such bridges to neighbouring faint lung). Of candidates found at several levels,
-   the best-scoring one is kept (non-maximum suppression within its radius). The same runs again on the
+   free at a higher one. Of candidates found at several levels, the best-scoring one
+   is kept (non-maximum suppression within its radius). The same runs again on the
    too long components opened with a wider ball (``wide_openings_mm``, 1.5 mm;
    first pass only, components from ``split_min_diameter_mm``): in noisy thin
    slices small vessels blur into ground-glass specks, and thin bridges of them join a
@@ -42,10 +37,7 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    half of a juxtapleural ground-glass nodule that blurs into the pleura, leaving less
    than ``min_diameter_mm`` (4 mm); this pass finds those. Its candidates away from the first pass's (not
    within their radius) are added, the best ``extra_candidates`` of them: the pass
-   alone gives several times more candidates, so it only adds to the first. The
-   default cap (1,000) keeps them all: the candidate stage's ranker, not this pass's
-   score, picks among them (a small faint nodule scores low here and can still rank
-   high there).
+   alone gives several times more candidates, so it only adds to the first.
 6. Faint pass (``faint_candidates`` > 0): faint ground glass, whose smoothed density
    stays below ``low_hu`` or barely above the background, never enters the band of
    steps 1-3 (on the training scans: a 12 mm ground-glass nodule at -700 HU in lung at
@@ -57,7 +49,7 @@ After Jacobs et al. 2014 as used by Setio et al. 2016:
    it into one region of several hundred ml up to 110 HU, and comes free at 140-170 HU;
    on the training scans a 15.6 mm ground-glass nodule at -676 HU) and rims within
    one half-resolution voxel of a voxel denser than ``high_hu``; the best
-   ``faint_candidates`` (1,000: all, as in step 5) not within the radius of a candidate of the first passes are added.
+   ``faint_candidates`` not within the radius of a candidate of the first passes are added.
    A region of the faint pass too large for a nodule (over ``max_diameter_mm``) is opened
    with a ball of ``faint_large_openings_mm`` (3 mm) and its parts from
    ``large_min_diameter_mm`` (10 mm) are tried in turn: a
@@ -140,14 +132,14 @@ class SubsolidConfig:
     background_mm: float = 15.0
     contrast_scale_hu: float = 150.0
     max_candidates: int = 400
-    extra_candidates: int = 1000
+    extra_candidates: int = 100
     extra_rim_hu: float = -100.0
     extra_min_diameter_mm: float = 3.0
     size_scale_mm: float = 10.0
     size_power: float = 0.5
     wide_openings_mm: tuple[float, ...] = (1.5,)
     split_min_diameter_mm: float = 6.0
-    faint_candidates: int = 1000
+    faint_candidates: int = 60
     faint_smooth_mm: float = 2.25
     faint_low_hu: float = -850.0
     faint_contrast_hu: float = 50.0
@@ -324,8 +316,7 @@ class _Search:
 
         A component too long for them is opened with balls of ``wide_openings_mm`` in its
         own box, and the parts that remain are tried in turn (``parent``: the split
-        component's first voxel); at a level above 0, also with the ball of ``opening_mm``
-        (the opening of step 2, which thresholding can undo). With ``excess`` (the band's contrast, same box), the
+        component's first voxel). With ``excess`` (the band's contrast, same box), the
         components are searched again at each of ``thresholds`` (levels 1, 2, ...): a
         component of a higher level lies inside one of this level, so only the boxes of
         components large enough are labelled again, and only where enough of their voxels
@@ -368,16 +359,12 @@ class _Search:
                 # by necks thinner than its own body comes free under a wider opening
                 smallest = max(min_diameter_mm, config.large_min_diameter_mm)
                 rows.extend(self._opened(region, start, large_openings_mm, smallest, level, first))
-                if level > 0 and parent is None:
-                    rows.extend(self._opened(region, start, (config.opening_mm,), min_diameter_mm, level, first))
                 continue
             pts = np.argwhere(region)
             elong = elongation(pts * self.sp)
             if elong > config.max_elongation:
                 # a nodule of min_diameter with its bridges is at least split_min_diameter_mm
                 radii = wide_openings_mm if diam[label] >= config.split_min_diameter_mm else ()
-                if level > 0 and parent is None:
-                    radii = (config.opening_mm, *radii)
                 rows.extend(self._opened(region, start, radii, min_diameter_mm, level, first))
                 continue
             key = (level, first, part if parent is not None else -1)
