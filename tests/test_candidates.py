@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ from nodule.candidates import (
     detect_subsolid,
     merge_candidates,
 )
-from nodule.candidates.solid import SolidConfig
 from nodule.candidates.subsolid import SubsolidConfig
 from nodule.io import SeriesInfo, Volume
 
@@ -325,7 +324,7 @@ def test_subsolid_finds_juxtapleural_ground_glass() -> None:
 def test_binary_open_matches_scipy(radius_mm: float, spacing: tuple[float, float, float]) -> None:
     from scipy import ndimage as ndi
 
-    from nodule.candidates.morphology import ball, binary_open
+    from nodule.candidates.subsolid import ball, binary_open
 
     rng = np.random.default_rng(1)
     mask = np.asarray(ndi.gaussian_filter(rng.normal(size=(30, 36, 40)), 1.5) > 0.03)
@@ -549,57 +548,3 @@ def test_detectors_one_at_a_time_give_the_same_candidates(phantom: Phantom, resu
     finally:
         set_detector_threads(None)
     pd.testing.assert_frame_equal(alone, result)
-
-
-
-def _pleural_bumps(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[float, float, float]]]:
-    """A 1 mm grid of lung (-850 HU) against a chest wall (x >= 40, 40 HU) with balls of
-    5 mm that touch the pleura, inside the lung mask as its closing takes them in: a solid
-    nodule (30 HU) and a bit of rib (400 HU); and a solid ball of 5 mm deep in the lung.
-    Returns the array, the lung mask (the air side of the blurred wall, and the balls) and
-    the centres (z, y, x)."""
-    from scipy import ndimage as ndi
-
-    shape = (40, 64, 56)
-    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
-    wall = np.where(x >= 40, 40.0, -850.0).astype(np.float32)
-    hu = wall.copy()
-    inside = np.zeros(shape, dtype=bool)
-    centres = {"nodule": (20.0, 16.0, 38.5), "rib": (20.0, 46.0, 38.5), "deep": (20.0, 32.0, 20.0)}
-    for name, value in (("nodule", 30.0), ("rib", 400.0), ("deep", 30.0)):
-        c = centres[name]
-        ball = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= 2.5
-        hu = np.where(ball, value, hu)
-        inside |= ball & (x < 40)
-    hu = np.asarray(ndi.gaussian_filter(hu, 0.6), dtype=np.float32)  # scanner blur
-    hu += np.random.default_rng(seed).normal(0.0, 15.0, shape).astype(np.float32)
-    lung = (np.asarray(ndi.gaussian_filter(wall, 0.6)) < -400) | inside
-    return hu, lung, centres
-
-
-def test_pleural_components_keep_a_nodule_on_the_pleura_only() -> None:
-    from nodule.candidates.solid import pleural_components
-
-    array, lung, centres = _pleural_bumps()
-    found = pd.DataFrame(pleural_components(array, lung, (1.0, 1.0, 1.0), SolidConfig()))
-    # one per density level, all on the nodule: the rib is too dense, the deep ball far from the pleura
-    assert len(found) == len(SolidConfig().pleural_levels_hu)
-    assert (_voxel_distances(found, centres["nodule"]) < 1.5).all()
-    assert (found["mean_hu"] < 100).all() and (found["elongation"] < 2.5).all()
-    assert (found["diameter_mm"] > 3.5).all()
-
-
-def test_solid_pleural_pass_adds_what_the_blob_pass_misses_and_doubles_nothing() -> None:
-    array, lung, centres = _pleural_bumps()
-    sp = (1.0, 1.0, 1.0)
-    blind = SolidConfig(min_response=1e9)  # a blob measure too weak for every ball, as on a bumpy pleura
-    alone = detect_solid(array, lung, sp, blind)
-    assert len(alone) == 1
-    assert _voxel_distances(alone, centres["nodule"])[0] < 1.5
-    assert 0.0 <= alone["score"].iloc[0] <= 1.0
-    assert detect_solid(array, lung, sp, replace(blind, pleural_candidates=0)).empty
-    # with the blob pass, which finds all three balls here, the pleural pass adds nothing
-    without = detect_solid(array, lung, sp, SolidConfig(pleural_candidates=0))
-    with_pass = detect_solid(array, lung, sp)
-    assert (_voxel_distances(without, centres["nodule"]) < 1.5).sum() == 1
-    pd.testing.assert_frame_equal(with_pass, without)

@@ -2,10 +2,9 @@
 
 :func:`detect_candidates` crops the study to its lungs (plus a margin), resamples the
 crop to an isotropic working grid, runs the solid, subsolid and large-solid detectors
-there (each keeps a generous pool: up to 900 (800 blobs, 100 of its pleural pass), 560
-and 30 detections), scores every detection with the learned ranker
-(:mod:`nodule.candidates.ranker`, on the context features of
-:mod:`nodule.candidates.context`), maps the centres back to world (x, y, z)
+there (each keeps a generous pool: up to 800, 560 and 30 detections), scores every
+detection with the learned ranker (:mod:`nodule.candidates.ranker`, on the context
+features of :mod:`nodule.candidates.context`), maps the centres back to world (x, y, z)
 mm and to the study's own voxels, merges candidates closer than ``merge_distance_mm``
 to a better-scored one (greedily, best first: no chains; each group keeps its best-scored
 member) and keeps the best ``max_per_scan``. The learned detector

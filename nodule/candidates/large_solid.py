@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from nodule.candidates.features import detections_frame, equivalent_diameter
-from nodule.candidates.morphology import ball, binary_open
+from nodule.candidates.subsolid import ball, binary_open
 
 
 @dataclass(frozen=True)

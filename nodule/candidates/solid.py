@@ -25,19 +25,6 @@ strong response, straight vessels of any calibre almost none.
    that region's equivalent diameter (2 sqrt(3) sigma where the region is empty), and
    the region's centroid is the candidate's centre when it lies within the radius of
    the peak (peaks of the half-resolution scales sit on a 2-voxel lattice).
-5. Pleural pass (``pleural_candidates`` > 0): a small nodule on the pleura is a bump on
-   a plate, and the blob measure of a bump is weak (on development scans two solid
-   nodules of 4.2 and 4.3 mm had their best peak at ranks 3,400 and 8,900 of the solid
-   peaks, under ``min_response``). The lung mask takes such a nodule in (the lung
-   mask's closing), and inside the mask it is a dense component beside the lung's edge.
-   So lung voxels denser than each of ``pleural_levels_hu`` are opened with a ball of
-   ``pleural_opening_mm`` (thin vessels vanish), and components that reach within
-   ``pleural_mm`` of the mask's edge, with an equivalent diameter in
-   ``[pleural_min_diameter_mm, pleural_max_diameter_mm]``, an elongation up to
-   ``pleural_max_elongation`` and a mean density up to ``pleural_max_hu`` (bits of rib
-   and calcium that the closing takes in are denser) become candidates at their
-   centroid, scored as in step 3 at that voxel. Those not within their radius (at least
-   2 mm) of a candidate of steps 1-4 are added, the best ``pleural_candidates``.
 """
 
 from __future__ import annotations
@@ -47,17 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from nodule.candidates.features import (
-    detections_frame,
-    elongation,
-    equivalent_diameter,
-    region_features,
-)
+from nodule.candidates.features import detections_frame, region_features
 from nodule.candidates.hessian import SmoothingCache, blob_response
-from nodule.candidates.morphology import ball, binary_open
 
 
 @dataclass(frozen=True)
@@ -76,14 +56,6 @@ class SolidConfig:
         rerank_pool: features are measured for the best ``rerank_pool x max_candidates``
             by blob score, which are then ranked by the final score.
         elongation_power: exponent of the elongation penalty of the final score.
-        pleural_candidates: up to this many of the pleural pass are added (0: no pleural pass).
-        pleural_levels_hu: density thresholds of the pleural pass.
-        pleural_opening_mm: radius of the pleural pass's opening ball, mm.
-        pleural_mm: a component must reach this close to the lung mask's edge, mm.
-        pleural_min_diameter_mm: smallest equivalent diameter of a pleural component.
-        pleural_max_diameter_mm: largest equivalent diameter of a pleural component.
-        pleural_max_elongation: largest elongation of a pleural component.
-        pleural_max_hu: largest mean density of a pleural component, HU.
     """
 
     sigmas_mm: tuple[float, ...] = (1.0, 1.5, 2.25, 3.4)
@@ -96,14 +68,6 @@ class SolidConfig:
     max_candidates: int = 800
     rerank_pool: float = 1.0
     elongation_power: float = 1.0
-    pleural_candidates: int = 100
-    pleural_levels_hu: tuple[float, ...] = (-450.0, -550.0)
-    pleural_opening_mm: float = 1.0
-    pleural_mm: float = 2.0
-    pleural_min_diameter_mm: float = 2.5
-    pleural_max_diameter_mm: float = 12.0
-    pleural_max_elongation: float = 2.5
-    pleural_max_hu: float = 100.0
 
 
 _NEIGHBOURS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
@@ -151,83 +115,26 @@ def suppress(points_mm: np.ndarray, order: np.ndarray, radius_mm: np.ndarray) ->
     return np.asarray(kept, dtype=int)
 
 
-def _reaches_edge(lung: np.ndarray, region: np.ndarray, box: tuple[slice, ...], sp: np.ndarray, reach_mm: float) -> bool:
-    """Whether a component (``region`` in ``lung[box]``) comes within ``reach_mm`` of a voxel outside the lung mask."""
-    margin = np.ceil(reach_mm / sp).astype(int) + 1
-    wide = tuple(slice(max(0, b.start - int(m)), b.stop + int(m)) for b, m in zip(box, margin, strict=True))
-    outside = ~lung[wide]
-    if not outside.any():
-        return False
-    distance = ndi.distance_transform_edt(~outside, sampling=sp)
-    inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
-    return bool(distance[inner][region].min() <= reach_mm)
-
-
-def pleural_components(array: np.ndarray, lung: np.ndarray, spacing_zyx: Sequence[float], config: SolidConfig) -> list[dict[str, float]]:
-    """Step 5's components (see the module docstring) as detection rows without a score,
-    over every level of ``config.pleural_levels_hu`` (a component may come once per level)."""
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
-    voxel_mm3 = float(np.prod(sp))
-    structure = ball(config.pleural_opening_mm, spacing_zyx)
-    rows: list[dict[str, float]] = []
-    for level in config.pleural_levels_hu:
-        labels, _ = ndi.label(binary_open(lung & (array > level), structure))
-        for i, box in enumerate(ndi.find_objects(labels), start=1):
-            if box is None:
-                continue
-            region = labels[box] == i
-            volume = float(np.count_nonzero(region)) * voxel_mm3
-            diameter = float(equivalent_diameter(volume))
-            if not config.pleural_min_diameter_mm <= diameter <= config.pleural_max_diameter_mm:
-                continue
-            mean_hu = float(array[box][region].mean())
-            if mean_hu > config.pleural_max_hu:
-                continue
-            pts = np.argwhere(region)
-            elong = elongation(pts * sp)
-            if elong > config.pleural_max_elongation or not _reaches_edge(lung, region, box, sp, config.pleural_mm):
-                continue
-            centre = pts.mean(axis=0) + [b.start for b in box]
-            rows.append({"z": centre[0], "y": centre[1], "x": centre[2], "diameter_mm": diameter,
-                         "volume_mm3": volume, "mean_hu": mean_hu, "elongation": elong})
-    return rows
-
-
-def _pleural_rows(
+def detect_solid(
     array: np.ndarray,
     lung: np.ndarray,
     spacing_zyx: Sequence[float],
-    config: SolidConfig,
-    smoothed: SmoothingCache | None,
-    found: list[dict[str, float]],
-) -> list[dict[str, float]]:
-    """Step 5: the scored pleural components not within their radius (at least 2 mm) of a
-    row of ``found`` nor of a better pleural one, best first, at most ``config.pleural_candidates``."""
-    rows = pleural_components(array, lung, spacing_zyx, config)
-    if not rows:
-        return []
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
-    zyx = np.array([[r["z"], r["y"], r["x"]] for r in rows])
-    index = np.ravel_multi_index(tuple(np.clip(np.rint(zyx).astype(int), 1, np.asarray(array.shape) - 2).T), array.shape)
-    blob = blob_response(array, index, spacing_zyx, config.sigmas_mm, smoothed=smoothed)
-    score = (1.0 - np.exp(-blob.response / config.score_scale_hu)) * blob.ratio**config.ratio_power
-    score = score / np.maximum(1.0, [r["elongation"] for r in rows]) ** config.elongation_power
-    reach = np.maximum(2.0, 0.5 * np.array([r["diameter_mm"] for r in rows]))
-    if found:
-        tree = cKDTree(np.array([[r["z"], r["y"], r["x"]] for r in found]) * sp)
-        distance, _ = tree.query(zyx * sp)
-        away = np.flatnonzero(distance > reach)
-    else:
-        away = np.arange(len(rows))
-    order = away[np.argsort(-score[away], kind="stable")]
-    kept = suppress(zyx[order] * sp, np.arange(len(order)), reach[order])
-    return [dict(rows[order[i]], score=float(score[order[i]])) for i in kept[: config.pleural_candidates]]
+    config: SolidConfig = SolidConfig(),
+    smoothed: SmoothingCache | None = None,
+) -> pd.DataFrame:
+    """Solid nodule candidates in a working volume.
 
+    Args:
+        array: HU volume (z, y, x), float32.
+        lung: boolean lung mask of the same shape.
+        spacing_zyx: voxel size in mm.
+        config: parameters.
+        smoothed: cache of smoothed copies of ``array`` (:data:`~nodule.candidates.hessian.SmoothingCache`), shared with
+            the other detectors (read and filled).
 
-def _blob_rows(
-    array: np.ndarray, lung: np.ndarray, spacing_zyx: Sequence[float], config: SolidConfig, smoothed: SmoothingCache | None
-) -> list[dict[str, float]]:
-    """Steps 1-4 (see the module docstring): the best ``config.max_candidates`` blob rows, best first."""
+    Returns:
+        Detections (:data:`~nodule.candidates.features.DETECTION_COLUMNS`), best first.
+    """
     sp = np.asarray(spacing_zyx, dtype=np.float64)
     evaluate = _inner(lung) & (array > config.min_hu)
     index = np.flatnonzero(evaluate)
@@ -235,7 +142,7 @@ def _blob_rows(
     peaks = local_maxima(blob.response.astype(np.float32), index, array.shape)
     peaks &= blob.response >= config.min_response
     if not peaks.any():
-        return []
+        return detections_frame([], "solid")
     idx = index[peaks]
     response = blob.response[peaks]
     ratio = blob.ratio[peaks]
@@ -265,31 +172,4 @@ def _blob_rows(
             }
         )
     rows.sort(key=lambda r: -r["score"])
-    return rows[: config.max_candidates]
-
-
-def detect_solid(
-    array: np.ndarray,
-    lung: np.ndarray,
-    spacing_zyx: Sequence[float],
-    config: SolidConfig = SolidConfig(),
-    smoothed: SmoothingCache | None = None,
-) -> pd.DataFrame:
-    """Solid nodule candidates in a working volume.
-
-    Args:
-        array: HU volume (z, y, x), float32.
-        lung: boolean lung mask of the same shape.
-        spacing_zyx: voxel size in mm.
-        config: parameters.
-        smoothed: cache of smoothed copies of ``array`` (:data:`~nodule.candidates.hessian.SmoothingCache`), shared with
-            the other detectors (read and filled).
-
-    Returns:
-        Detections (:data:`~nodule.candidates.features.DETECTION_COLUMNS`), best first.
-    """
-    rows = _blob_rows(array, lung, spacing_zyx, config, smoothed)
-    if config.pleural_candidates > 0:
-        rows = rows + _pleural_rows(array, lung, spacing_zyx, config, smoothed, rows)
-        rows.sort(key=lambda r: -r["score"])
-    return detections_frame(rows, "solid")
+    return detections_frame(rows[: config.max_candidates], "solid")
